@@ -1,0 +1,27 @@
+# The two commands of README.md: `make demo` (set up, then run the main job on the
+# embedded defaults) and `make test` (lint, format check, the whole test suite).
+SHELL := /bin/bash
+export MLOPS_HOME ?= $(CURDIR)/.mlops
+export DAGSTER_HOME ?= $(MLOPS_HOME)/dagster
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test setup lint instance
+
+setup:
+	@bash scripts/bootstrap.sh
+
+instance: setup
+	@mkdir -p "$(DAGSTER_HOME)"
+	@[ -f "$(DAGSTER_HOME)/dagster.yaml" ] || cp deploy/dagster/dagster.yaml "$(DAGSTER_HOME)/dagster.yaml"
+
+demo: instance
+	@$(BIN)/python -m ingestion.sample --landing "$(MLOPS_HOME)/landing" --defects > /dev/null
+	$(BIN)/dagster job execute -m orchestration.definitions -j train_and_deploy
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest
