@@ -1,0 +1,235 @@
+"""Gateway overhead: latency added and throughput kept, against a fast local backend.
+
+``python benchmarks/gateway_overhead.py`` starts a minimal OpenAI-shaped backend (a raw ASGI
+app answering a fixed completion) and ``python -m serving.gateway`` routing ``sovereign-lm``
+to it, then measures, direct and through the gateway in the same run:
+
+* latency at 1 client: p50 and p99 added by the gateway (targets: p50 <= 1 ms, p99 <= 5 ms);
+* throughput at 32 and 64 concurrent clients: gateway / direct (target >= 0.8).
+
+The load generator is a hand-written keep-alive HTTP/1.1 client on asyncio, so the client's
+own cost stays small next to what is measured. Everything shares this machine's cores: the
+gateway competes with the backend and the client for CPU, which the ratio includes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+BODY = json.dumps({"model": "sovereign-lm", "prompt": "Q: x A:", "max_tokens": 1}).encode()
+ANSWER = json.dumps(
+    {
+        "id": "c",
+        "object": "text_completion",
+        "created": 0,
+        "model": "m",
+        "choices": [{"index": 0, "text": " 1", "finish_reason": "length"}],
+        "usage": {"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5},
+    }
+).encode()
+
+
+async def backend_app(scope, receive, send) -> None:
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:
+        more = (await receive()).get("more_body", False)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(ANSWER)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": ANSWER})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection that POSTs ``BODY`` and reads the answer."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.request = (
+            f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(BODY)}\r\n"
+            f"\r\n"
+        ).encode() + BODY
+
+    async def open(self) -> Connection:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        return self
+
+    async def post(self) -> int:
+        self.writer.write(self.request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        await self.reader.readexactly(length)
+        return int(head[9:12])
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def latencies(port: int, count: int) -> list[float]:
+    conn = await Connection(port).open()
+    out = []
+    for _ in range(count):
+        started = time.perf_counter()
+        assert await conn.post() == 200
+        out.append(time.perf_counter() - started)
+    conn.close()
+    return out
+
+
+async def throughput(port: int, clients: int, seconds: float) -> float:
+    conns = [await Connection(port).open() for _ in range(clients)]
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def loop(conn: Connection) -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            assert await conn.post() == 200
+            done += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(loop(c) for c in conns))
+    elapsed = time.perf_counter() - started
+    for c in conns:
+        c.close()
+    return done / elapsed
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[int(q) - 1] * 1e3
+
+
+def wait_healthy(url: str) -> None:
+    for _ in range(300):
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--serve-backend", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--latency-requests", type=int, default=3000)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    if args.serve_backend:
+        import uvicorn
+
+        uvicorn.run(
+            backend_app,
+            host="127.0.0.1",
+            port=args.serve_backend,
+            log_level="warning",
+            access_log=False,
+            backlog=2048,
+        )
+        return
+
+    backend_port, gateway_port = free_port(), free_port()
+    token = "bench-token"
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "MLOPS_GATEWAY_ADMIN_TOKEN": token, "PYTHONPATH": str(REPO)}
+        procs = [
+            subprocess.Popen(
+                [sys.executable, __file__, "--serve-backend", str(backend_port)], env=env
+            ),
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "serving.gateway",
+                    "--port",
+                    str(gateway_port),
+                    "--state",
+                    f"{tmp}/state.json",
+                ],
+                cwd=REPO,
+                env=env,
+            ),
+        ]
+        try:
+            gateway = f"http://127.0.0.1:{gateway_port}"
+            wait_healthy(gateway)
+            headers = {"Authorization": f"Bearer {token}"}
+            httpx.put(
+                f"{gateway}/admin/backends/fast",
+                headers=headers,
+                timeout=5,
+                json={"url": f"http://127.0.0.1:{backend_port}", "timeout_s": 10},
+            )
+            httpx.put(
+                f"{gateway}/admin/routes/sovereign-lm",
+                headers=headers,
+                timeout=5,
+                json={"stable": "fast"},
+            ).raise_for_status()
+            asyncio.run(latencies(gateway_port, 500))  # warm both paths
+            asyncio.run(latencies(backend_port, 500))
+            direct = asyncio.run(latencies(backend_port, args.latency_requests))
+            via = asyncio.run(latencies(gateway_port, args.latency_requests))
+            print(f"latency (1 client, {args.latency_requests} requests), ms:")
+            print(f"  direct   p50 {pct(direct, 50):.3f}  p99 {pct(direct, 99):.3f}")
+            print(f"  gateway  p50 {pct(via, 50):.3f}  p99 {pct(via, 99):.3f}")
+            print(
+                f"  added    p50 {pct(via, 50) - pct(direct, 50):.3f} (target <= 1)  "
+                f"p99 {pct(via, 99) - pct(direct, 99):.3f} (target <= 5)"
+            )
+            for clients in (32, 64):
+                d = asyncio.run(throughput(backend_port, clients, args.seconds))
+                cpu_before = cpu_seconds(procs[1].pid)
+                g = asyncio.run(throughput(gateway_port, clients, args.seconds))
+                cpu_ms = (cpu_seconds(procs[1].pid) - cpu_before) / (g * args.seconds) * 1e3
+                print(
+                    f"throughput at {clients} clients: direct {d:.0f} req/s, gateway "
+                    f"{g:.0f} req/s, ratio {g / d:.2f} (target >= 0.8); gateway CPU "
+                    f"{cpu_ms:.2f} ms per request"
+                )
+        finally:
+            for p in procs:
+                p.terminate()
+                p.wait(10)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""``python -m serving up --model DIR | status | down``: the local serving stack.
+
+``supervise`` is the supervisor process itself, started by ``up``; it is not meant to be
+run by hand. ``MLOPS_HOME`` (default ``./.mlops``) is read here, at run time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from serving import stack
+from serving.engine.launcher import EngineUnavailable
+from serving.supervisor import StackPaths, Supervisor
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__.splitlines()[0])
+    parser.add_argument("--home", type=Path, default=None, help="MLOPS_HOME (default: env)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    start = commands.add_parser("up", help="start gateway + engine for the champion model dir")
+    start.add_argument("--model", type=Path, required=True)
+    start.add_argument("--gateway-port", type=int, default=None)
+    start.add_argument("--engine", choices=["embedded", "vllm"], default="embedded")
+    start.add_argument("--timeout-s", type=float, default=180.0)
+    commands.add_parser("status", help="print the stack as JSON")
+    commands.add_parser("down", help="stop the stack")
+    commands.add_parser("supervise", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    home = args.home or Path(os.environ.get("MLOPS_HOME", "./.mlops"))
+
+    if args.command == "supervise":
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        )
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # health probes every poll
+        Supervisor(StackPaths.under(home)).run()
+        return 0
+    try:
+        if args.command == "up":
+            result = stack.up(home, args.model, args.gateway_port, args.engine, args.timeout_s)
+        elif args.command == "status":
+            result = stack.status(home)
+        else:
+            result = {"stopped": stack.down(home)}
+    except (stack.StackError, EngineUnavailable, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

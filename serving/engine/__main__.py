@@ -1,0 +1,39 @@
+"""``python -m serving.engine --model DIR --served-model-name NAME --host H --port P``.
+
+Loads the model before the socket opens, so ``/health`` answering 200 means ready to serve.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import uvicorn
+
+from serving.engine.app import create_app
+from serving.engine.batching import BatchConfig, BatchingEngine
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Embedded CPU engine with vLLM's OpenAI API")
+    parser.add_argument("--model", type=Path, required=True, help="Hugging Face model directory")
+    parser.add_argument("--served-model-name", default=None, help="name clients use (default: dir)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--batch-wait-ms", type=float, default=5.0)
+    parser.add_argument("--default-max-tokens", type=int, default=16)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+
+    config = BatchConfig(max_batch_size=args.max_batch_size, batch_wait_s=args.batch_wait_ms / 1e3)
+    engine = BatchingEngine(args.model, args.served_model_name or args.model.name, config)
+    engine.start()
+    app = create_app(engine, default_max_tokens=args.default_max_tokens)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""The embedded CPU engine: a Hugging Face causal LM behind a batching scheduler.
+
+Requests land in a queue; one scheduler thread takes everything waiting (up to
+``max_batch_size`` rows, after a short ``batch_wait_s`` to let simultaneous arrivals join),
+left-pads the prompts into one batch and runs a single decode loop with a KV cache over it.
+Every row samples with its own request's temperature, top-p and seed, so requests with
+different parameters still share each forward pass. Requests that arrive while a batch runs
+wait for the next one (static batching: simple, and on a CPU the per-step overhead is what
+batching amortises).
+
+Text is detokenised incrementally: a delta is released only once it cannot change, that is
+when it does not end in an incomplete UTF-8 sequence and cannot be the start of a stop string.
+Weights load from safetensors only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from serving.engine.protocol import ChoiceDelta, EngineLoad, SamplingParams, Usage
+from serving.errors import InvalidRequest, ServingError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    max_batch_size: int = 32  # rows (a request with n choices takes n rows)
+    batch_wait_s: float = 0.005
+    max_model_len: int | None = None  # defaults to the model's max_position_embeddings
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.batch_wait_s < 0:
+            raise ValueError(f"batch_wait_s must be >= 0, got {self.batch_wait_s}")
+
+
+class EngineFailure(ServingError):
+    error_type = "internal_error"
+
+
+@dataclass
+class _Request:
+    prompt_ids: list[int]
+    params: SamplingParams
+    emit: Callable[[object], None]
+    cancelled: bool = False
+
+
+@dataclass
+class _Row:
+    request: _Request
+    index: int
+    decode: Callable[[list[int]], str]
+    eos_ids: frozenset[int]
+    ids: list[int] = field(default_factory=list)
+    emitted: int = 0
+    done: bool = False
+
+    def push(self, token: int) -> ChoiceDelta | None:
+        params = self.request.params
+        if token in self.eos_ids:
+            return self._finish(self.decode(self.ids), "stop")
+        self.ids.append(token)
+        text = self.decode(self.ids)
+        if params.stop:
+            start = max(0, self.emitted - max(len(s) for s in params.stop))
+            hits = [i for i in (text.find(s, start) for s in params.stop) if i >= 0]
+            if hits:
+                return self._finish(text[: min(hits)], "stop")
+        if len(self.ids) >= params.max_tokens:
+            return self._finish(text, "length")
+        safe = len(text) - 1 if text.endswith("\ufffd") else len(text)
+        if params.stop:
+            safe = min(safe, len(text) - max(len(s) for s in params.stop) + 1)
+        if safe <= self.emitted:
+            return None
+        delta = ChoiceDelta(self.index, text[self.emitted : safe])
+        self.emitted = safe
+        return delta
+
+    def _finish(self, text: str, reason: str) -> ChoiceDelta:
+        self.done = True
+        delta = ChoiceDelta(self.index, text[self.emitted :], reason)
+        self.emitted = len(text)
+        return delta
+
+
+class BatchingEngine:
+    """Serves one model directory; call :meth:`start` before :meth:`generate`."""
+
+    def __init__(self, model_dir: Path, served_model_name: str, config: BatchConfig | None = None):
+        self.model_dir = Path(model_dir)
+        self.served_model_name = served_model_name
+        self.config = config or BatchConfig()
+        self._inbox: queue.Queue[_Request] = queue.Queue()
+        self._running = 0
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._rng = torch.Generator().manual_seed(0)
+        self.batches_run = 0
+        self.largest_batch = 0  # requests in the biggest batch so far; shows batching works
+
+    def start(self) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if not (self.model_dir / "config.json").is_file():
+            raise ValueError(f"model dir {self.model_dir} has no config.json; pass a HF model dir")
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            self.model_dir, dtype=torch.float32, use_safetensors=True
+        ).eval()
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        self.eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else next(iter(self.eos_ids), 0)
+        self.max_model_len = self.config.max_model_len or self.model.config.max_position_embeddings
+        self._thread = threading.Thread(target=self._loop, name="engine-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def ready(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def load(self) -> EngineLoad:
+        return EngineLoad(
+            running=self._running,
+            waiting=self._inbox.qsize(),
+            extra={"batches_run": self.batches_run, "largest_batch": self.largest_batch},
+        )
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text)["input_ids"])
+
+    async def generate(
+        self, prompt: str, params: SamplingParams
+    ) -> AsyncIterator[ChoiceDelta | Usage]:
+        prompt_ids = self.tokenizer(prompt)["input_ids"]
+        if not prompt_ids:
+            raise InvalidRequest("prompt must not be empty", "prompt")
+        if len(prompt_ids) + params.max_tokens > self.max_model_len:
+            raise InvalidRequest(
+                f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceeds "
+                f"the model's context of {self.max_model_len} tokens; shorten one of them",
+                "max_tokens",
+            )
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[object] = asyncio.Queue()
+
+        def emit(item: object) -> None:
+            try:
+                loop.call_soon_threadsafe(items.put_nowait, item)
+            except RuntimeError:  # the client's loop is gone; the row finishes unseen
+                request.cancelled = True
+
+        request = _Request(prompt_ids, params, emit)
+        self._inbox.put(request)
+        try:
+            while True:
+                item = await items.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, Usage):
+                    return
+        finally:
+            request.cancelled = True
+
+    # -- scheduler thread -------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                first = self._inbox.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            batch, rows = [first], first.params.n
+            deadline = time.monotonic() + self.config.batch_wait_s
+            while rows < self.config.max_batch_size:
+                try:
+                    nxt = self._inbox.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                batch.append(nxt)
+                rows += nxt.params.n
+            self._running = len(batch)
+            self.batches_run += 1
+            self.largest_batch = max(self.largest_batch, len(batch))
+            try:
+                self._run_batch([r for r in batch if not r.cancelled])
+            except Exception as exc:  # one bad batch must not kill the scheduler
+                log.exception("batch of %d requests failed", len(batch))
+                for request in batch:
+                    request.emit(EngineFailure(f"generation failed: {exc}"))
+            finally:
+                self._running = 0
+
+    @torch.inference_mode()
+    def _run_batch(self, batch: list[_Request]) -> None:
+        if not batch:
+            return
+        decode = self._decoder()
+        rows = [_Row(req, i, decode, self.eos_ids) for req in batch for i in range(req.params.n)]
+        width = max(len(r.request.prompt_ids) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            prompt = row.request.prompt_ids
+            ids[i, width - len(prompt) :] = torch.tensor(prompt)
+            mask[i, width - len(prompt) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        temps = torch.tensor([r.request.params.temperature for r in rows])
+        top_ps = torch.tensor([r.request.params.top_p for r in rows])
+        generators = [self._generator(r) for r in rows]
+
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        for _ in range(max(r.request.params.max_tokens for r in rows)):
+            next_ids = self._sample(out.logits[:, -1, :].float(), temps, top_ps, generators)
+            for row, token in zip(rows, next_ids.tolist(), strict=True):
+                if row.done:
+                    continue
+                delta = row.push(token)
+                if delta is not None:
+                    row.request.emit(delta)
+                if row.done:
+                    self._maybe_emit_usage(row.request, rows)
+            if all(r.done or r.request.cancelled for r in rows):
+                break
+            mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
+            positions = positions[:, -1:] + 1
+            out = self.model(
+                input_ids=next_ids[:, None],
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=out.past_key_values,
+                use_cache=True,
+            )
+
+    def _decoder(self) -> Callable[[list[int]], str]:
+        tokenizer = self.tokenizer
+        return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _generator(self, row: _Row) -> torch.Generator | None:
+        seed = row.request.params.seed
+        return None if seed is None else torch.Generator().manual_seed(seed + row.index)
+
+    def _sample(
+        self,
+        logits: torch.Tensor,
+        temps: torch.Tensor,
+        top_ps: torch.Tensor,
+        generators: list[torch.Generator | None],
+    ) -> torch.Tensor:
+        chosen = logits.argmax(-1)
+        sampled = (temps > 0).nonzero().flatten().tolist()
+        if not sampled:
+            return chosen
+        probs = torch.softmax(logits / temps.clamp(min=1e-5)[:, None], dim=-1)
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        # keep the smallest prefix whose mass reaches top_p (the first token always stays)
+        sorted_p[(sorted_p.cumsum(-1) - sorted_p) >= top_ps[:, None]] = 0.0
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+        for i in sampled:
+            generator = generators[i] if generators[i] is not None else self._rng
+            chosen[i] = torch.multinomial(probs[i], 1, generator=generator)[0]
+        return chosen
+
+    @staticmethod
+    def _maybe_emit_usage(request: _Request, rows: list[_Row]) -> None:
+        mine = [r for r in rows if r.request is request]
+        if all(r.done for r in mine):
+            completion = sum(len(r.ids) for r in mine)
+            request.emit(Usage(len(request.prompt_ids), completion))

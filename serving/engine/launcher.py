@@ -1,0 +1,101 @@
+"""Start an inference engine as a process, whichever kind the config names.
+
+``engine: embedded`` runs ``python -m serving.engine`` (CPU, this package); ``engine: vllm``
+runs ``vllm serve DIR --served-model-name NAME --port P`` on a GPU host. Both speak the same
+OpenAI API and answer ``/health``, so everything above this module (supervisor, canary,
+gateway) treats them alike. Choosing vLLM where it is not installed fails at once with the
+install command, rather than with a process that dies in the background.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import httpx
+
+EngineKind = Literal["embedded", "vllm"]
+
+
+class EngineUnavailable(RuntimeError):
+    """The configured engine cannot run on this host."""
+
+
+class EngineStartError(RuntimeError):
+    """The engine process exited or never became healthy."""
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    model_dir: Path
+    served_model_name: str
+    port: int
+    host: str = "127.0.0.1"
+    engine: EngineKind = "embedded"
+    extra_args: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.engine not in ("embedded", "vllm"):
+            raise ValueError(f"engine must be 'embedded' or 'vllm', got {self.engine!r}")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be in 1..65535, got {self.port}")
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def engine_command(spec: EngineSpec) -> list[str]:
+    common = [
+        "--served-model-name",
+        spec.served_model_name,
+        "--host",
+        spec.host,
+        "--port",
+        str(spec.port),
+        *spec.extra_args,
+    ]
+    if spec.engine == "embedded":
+        return [sys.executable, "-m", "serving.engine", "--model", str(spec.model_dir), *common]
+    vllm = shutil.which("vllm")
+    if vllm is None or importlib.util.find_spec("vllm") is None:
+        raise EngineUnavailable(
+            "engine 'vllm' is configured but vLLM is not installed here; on a GPU host run "
+            "`pip install 'sovereign-mlops[vllm]'`, or set engine: embedded to serve on CPU"
+        )
+    return [vllm, "serve", str(spec.model_dir), *common]
+
+
+def wait_healthy(url: str, timeout_s: float, process: subprocess.Popen | None = None) -> None:
+    """Poll ``url/health`` until it answers 200; fail early if ``process`` exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise EngineStartError(f"engine at {url} exited with code {process.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise EngineStartError(f"engine at {url} not healthy after {timeout_s:.0f}s; see its log")
+
+
+def start_engine(
+    spec: EngineSpec, log_path: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """Start the engine in its own session, stdout/stderr to ``log_path``; does not wait."""
+    command = engine_command(spec)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    child_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=child_env, start_new_session=True
+        )

@@ -1,0 +1,76 @@
+"""OpenAI-shaped errors shared by the engine and the gateway.
+
+Both servers answer every failure with ``{"error": {"message", "type", "param", "code"}}`` as
+the OpenAI API and vLLM do, so a client sees the same shape whichever hop failed. Domain code
+raises :class:`ServingError` subclasses carrying the offending field; :func:`error_response`
+is the one place they become HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+
+from starlette.responses import Response
+
+
+class ServingError(Exception):
+    """A request-level failure with an HTTP status and an OpenAI error type."""
+
+    status_code = 500
+    error_type = "internal_error"
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+class InvalidRequest(ServingError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class RequestTooLarge(ServingError):
+    status_code = 413
+    error_type = "invalid_request_error"
+
+
+class Unauthorized(ServingError):
+    status_code = 401
+    error_type = "authentication_error"
+
+
+class NotFound(ServingError):
+    status_code = 404
+    error_type = "not_found_error"
+
+
+class Unavailable(ServingError):
+    status_code = 503
+    error_type = "service_unavailable"
+
+
+def error_body(
+    status: int, message: str, error_type: str, param: str | None = None, code: str | None = None
+) -> bytes:
+    payload = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+    return json.dumps(payload).encode()
+
+
+def error_response(exc: ServingError) -> Response:
+    body = error_body(exc.status_code, exc.message, exc.error_type, exc.param, exc.code)
+    return Response(body, status_code=exc.status_code, media_type="application/json")
+
+
+def status_error_response(status: int, message: str) -> Response:
+    """Errors raised by the HTTP layer itself (unknown path, wrong method)."""
+    kinds = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        404: "not_found_error",
+        405: "invalid_request_error",
+        413: "invalid_request_error",
+    }
+    body = error_body(status, message, kinds.get(status, "internal_error"), code=str(status))
+    return Response(body, status_code=status, media_type="application/json")

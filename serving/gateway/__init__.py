@@ -1,0 +1,1 @@
+"""The OpenAI-compatible gateway: weighted canary routing, retries, breakers, admin API."""

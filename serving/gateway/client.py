@@ -1,0 +1,131 @@
+"""Client of the gateway's admin API and metrics, for the supervisor and the canary controller.
+
+Synchronous (its callers are control loops, not request paths); every call has a timeout and
+a bounded retry on connection errors and 5xx, since the gateway may be restarting. 4xx is
+never retried: it means the request itself is wrong, and :class:`AdminError` says why.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+
+class AdminError(RuntimeError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"gateway admin call failed ({status}): {message}")
+        self.status = status
+
+
+@dataclass(frozen=True)
+class BackendStats:
+    """Cumulative per-backend counters of one route, from one scrape."""
+
+    requests: float = 0.0
+    errors: float = 0.0
+    latency_buckets: tuple[tuple[float, float], ...] = ()  # (upper bound, cumulative count)
+
+    def minus(self, earlier: BackendStats) -> BackendStats:
+        before = dict(earlier.latency_buckets)
+        return BackendStats(
+            self.requests - earlier.requests,
+            self.errors - earlier.errors,
+            tuple((le, count - before.get(le, 0.0)) for le, count in self.latency_buckets),
+        )
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    def quantile(self, q: float) -> float | None:
+        """Upper bound of the bucket holding quantile ``q`` (Prometheus' histogram_quantile
+        without interpolation); ``None`` without observations."""
+        total = self.latency_buckets[-1][1] if self.latency_buckets else 0.0
+        if total <= 0:
+            return None
+        for le, count in self.latency_buckets:
+            if count >= q * total:
+                return le
+        return float("inf")
+
+
+class GatewayAdmin:
+    def __init__(self, url: str, token: str, timeout_s: float = 5.0, retries: int = 3) -> None:
+        self.url = url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self.timeout_s, self.retries = timeout_s, retries
+
+    def _call(self, method: str, path: str, json: dict | None = None) -> dict:
+        last: Exception | None = None
+        for attempt in range(self.retries + 1):
+            try:
+                response = httpx.request(
+                    method,
+                    self.url + path,
+                    json=json,
+                    timeout=self.timeout_s,
+                    headers=self._headers,
+                )
+            except httpx.HTTPError as exc:
+                last = exc
+            else:
+                if response.status_code < 400:
+                    return response.json()
+                message = response.json().get("error", {}).get("message", response.text)
+                last = AdminError(response.status_code, message)
+                if response.status_code < 500:
+                    raise last
+            time.sleep(min(0.25 * 2**attempt, 2.0))
+        raise AdminError(0, f"{method} {path} failed after {self.retries + 1} tries: {last}")
+
+    def state(self) -> dict:
+        return self._call("GET", "/admin/state")
+
+    def put_backend(
+        self, name: str, url: str, timeout_s: float = 30.0, model: str | None = None
+    ) -> dict:
+        return self._call(
+            "PUT", f"/admin/backends/{name}", {"url": url, "timeout_s": timeout_s, "model": model}
+        )
+
+    def remove_backend(self, name: str) -> dict:
+        return self._call("DELETE", f"/admin/backends/{name}")
+
+    def put_route(
+        self, route: str, stable: str, canary: str | None = None, canary_weight: float = 0.0
+    ) -> dict:
+        return self._call(
+            "PUT",
+            f"/admin/routes/{route}",
+            {"stable": stable, "canary": canary, "canary_weight": canary_weight},
+        )
+
+    def set_weight(self, route: str, canary_weight: float) -> dict:
+        return self._call("POST", f"/admin/routes/{route}/weight", {"canary_weight": canary_weight})
+
+    def backend_stats(self, route: str) -> dict[str, BackendStats]:
+        """Scrape ``/metrics`` and return cumulative stats per backend of ``route``."""
+        text = httpx.get(f"{self.url}/metrics", timeout=self.timeout_s).text
+        requests: dict[str, float] = {}
+        errors: dict[str, float] = {}
+        buckets: dict[str, list[tuple[float, float]]] = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.labels.get("route") != route:
+                    continue
+                backend = s.labels.get("backend", "")
+                if s.name == "gateway_backend_requests_total":
+                    requests[backend] = requests.get(backend, 0.0) + s.value
+                elif s.name == "gateway_backend_errors_total":
+                    errors[backend] = errors.get(backend, 0.0) + s.value
+                elif s.name == "gateway_backend_latency_seconds_bucket":
+                    buckets.setdefault(backend, []).append((float(s.labels["le"]), s.value))
+        return {
+            b: BackendStats(
+                requests.get(b, 0.0), errors.get(b, 0.0), tuple(sorted(buckets.get(b, [])))
+            )
+            for b in set(requests) | set(errors) | set(buckets)
+        }

@@ -1,0 +1,201 @@
+"""``up`` / ``status`` / ``down`` of the local serving stack, and the engine fleet API.
+
+``up`` writes the desired state (gateway + one engine for the champion's model dir), starts
+the supervisor detached if it is not running, waits until both children are healthy, then
+points route ``sovereign-lm`` at the engine through the gateway's admin API. It is safe to
+re-run: a running stack is reused and the route re-pointed.
+
+:class:`SupervisedFleet` is how the canary controller starts and stops engines: it edits
+``desired.json`` and waits for the supervisor to report the result in ``stack.json``. Every
+engine serves under the route's name, so the gateway forwards bodies unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from serving.engine.launcher import EngineKind, EngineSpec, engine_command
+from serving.gateway.client import GatewayAdmin
+from serving.supervisor import StackPaths
+
+ROUTE = "sovereign-lm"
+
+
+class StackError(RuntimeError):
+    """The stack could not be brought to the requested state; the message says what to do."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def engine_name(model_dir: Path) -> str:
+    """Stable name for the engine serving ``model_dir`` (one engine per model version)."""
+    digest = hashlib.sha256(str(Path(model_dir).resolve()).encode()).hexdigest()[:10]
+    return f"engine-{digest}"
+
+
+def admin_token() -> str:
+    token = os.environ.get("MLOPS_GATEWAY_ADMIN_TOKEN")
+    if not token:
+        raise StackError("MLOPS_GATEWAY_ADMIN_TOKEN is not set; export a secret token first")
+    return token
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def supervisor_pid(paths: StackPaths) -> int | None:
+    try:
+        pid = int(paths.pid.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def _wait(predicate, timeout_s: float, what: str, paths: StackPaths) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        stack = paths.read_stack()
+        if predicate(stack):
+            return stack
+        if supervisor_pid(paths) is None:
+            raise StackError(
+                f"supervisor exited while waiting for {what}; see {paths.log('supervisor')}"
+            )
+        time.sleep(0.2)
+    raise StackError(
+        f"timed out after {timeout_s:.0f}s waiting for {what}; see {paths.root / 'logs'}"
+    )
+
+
+@dataclass
+class SupervisedFleet:
+    """Engines run by the supervisor under ``paths``; names are stable per model dir."""
+
+    paths: StackPaths
+    engine: EngineKind = "embedded"
+    route: str = ROUTE
+    timeout_s: float = 180.0
+
+    def start(self, name: str, model_dir: Path) -> str:
+        spec = EngineSpec(Path(model_dir), self.route, port=1, engine=self.engine)
+        engine_command(spec)  # fail here, with the install hint, if the engine is unavailable
+        with self.paths.edit_desired() as desired:
+            entry = desired["engines"].get(name) or {"port": free_port()}
+            entry.update(
+                model_dir=str(Path(model_dir).resolve()),
+                engine=self.engine,
+                served_model_name=self.route,
+                host="127.0.0.1",
+            )
+            desired["engines"][name] = entry
+        stack = _wait(
+            lambda s: s.get("engines", {}).get(name, {}).get("healthy"),
+            self.timeout_s,
+            f"engine {name}",
+            self.paths,
+        )
+        return stack["engines"][name]["url"]
+
+    def stop(self, name: str) -> None:
+        with self.paths.edit_desired() as desired:
+            desired["engines"].pop(name, None)
+        _wait(
+            lambda s: name not in s.get("engines", {}), 30.0, f"engine {name} to stop", self.paths
+        )
+
+    def pid(self, name: str) -> int | None:
+        return self.paths.read_stack().get("engines", {}).get(name, {}).get("pid")
+
+
+def up(
+    mlops_home: Path,
+    model_dir: Path,
+    gateway_port: int | None = None,
+    engine: EngineKind = "embedded",
+    timeout_s: float = 180.0,
+) -> dict:
+    paths = StackPaths.under(mlops_home)
+    token = admin_token()
+    if not (Path(model_dir) / "config.json").is_file():
+        raise StackError(f"--model {model_dir} is not a model directory (no config.json)")
+    engine_command(EngineSpec(Path(model_dir), ROUTE, port=1, engine=engine))  # vLLM present?
+    with paths.edit_desired() as desired:
+        if not desired.get("gateway"):
+            desired["gateway"] = {"host": "127.0.0.1", "port": gateway_port or free_port()}
+    if supervisor_pid(paths) is None:
+        paths.log("supervisor").parent.mkdir(parents=True, exist_ok=True)
+        with paths.log("supervisor").open("ab") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "serving", "--home", str(mlops_home), "supervise"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            )
+        deadline = time.monotonic() + 30
+        while supervisor_pid(paths) is None:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise StackError(f"supervisor did not start; see {paths.log('supervisor')}")
+            time.sleep(0.1)
+    fleet = SupervisedFleet(paths, engine, timeout_s=timeout_s)
+    name = engine_name(model_dir)
+    url = fleet.start(name, model_dir)
+    stack = _wait(
+        lambda s: (s.get("gateway") or {}).get("healthy"), timeout_s, "the gateway", paths
+    )
+    admin = GatewayAdmin(stack["gateway"]["url"], token)
+    admin.put_backend(name, url)
+    admin.put_route(ROUTE, name)
+    for stale in set(admin.state()["backends"]) - {name}:
+        admin.remove_backend(stale)
+    with paths.edit_desired() as desired:  # engines of earlier runs are no longer routed to
+        desired["engines"] = {name: desired["engines"][name]}
+    return paths.read_stack()
+
+
+def status(mlops_home: Path) -> dict:
+    paths = StackPaths.under(mlops_home)
+    pid = supervisor_pid(paths)
+    stack = paths.read_stack() if pid else {}
+    return {"running": pid is not None, "supervisor_pid": pid, **stack}
+
+
+def down(mlops_home: Path, timeout_s: float = 30.0) -> bool:
+    """Stop the supervisor and its children; ``False`` if nothing was running."""
+    paths = StackPaths.under(mlops_home)
+    pid = supervisor_pid(paths)
+    stack = paths.read_stack()
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    # a supervisor that was SIGKILLed leaves children behind: stop what stack.json lists
+    children = [stack.get("gateway") or {}, *stack.get("engines", {}).values()]
+    for child in children:
+        if _alive(child.get("pid")):
+            os.kill(child["pid"], signal.SIGTERM)
+    paths.desired.unlink(missing_ok=True)
+    paths.stack.unlink(missing_ok=True)
+    return pid is not None

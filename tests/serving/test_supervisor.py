@@ -1,0 +1,69 @@
+"""Contract: ``python -m serving up|status|down`` runs gateway + engine as supervised
+processes, routes ``sovereign-lm`` to the engine, and restarts a crashed child.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import httpx
+import openai
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_up_serves_restarts_a_killed_engine_and_down_stops_everything(
+    stack_factory, good_model_dir, probe_tasks, helpers
+):
+    home, stack = stack_factory(good_model_dir)
+    gateway = stack["gateway"]["url"]
+    assert (home / "serving" / "stack.json").is_file()
+    ((name, engine),) = stack["engines"].items()
+    client = openai.OpenAI(base_url=f"{gateway}/v1", api_key="unused", max_retries=0)
+    prompt, answer = probe_tasks[0]
+    ask = lambda: client.completions.create(  # noqa: E731
+        model="sovereign-lm", prompt=prompt, max_tokens=10, temperature=0
+    )
+    assert ask().choices[0].text.strip() == answer
+
+    os.kill(engine["pid"], signal.SIGKILL)
+
+    def restarted():
+        status = json.loads(helpers.serving_cli(home, "status").stdout)
+        entry = status["engines"][name]
+        return entry if entry["healthy"] and entry["pid"] != engine["pid"] else None
+
+    entry = wait_for(restarted, 120, "the engine to be restarted")
+    assert entry["restarts"] == 1 and entry["url"] == engine["url"]  # same port: route valid
+    assert ask().choices[0].text.strip() == answer
+
+    status = json.loads(helpers.serving_cli(home, "status").stdout)
+    pids = [status["supervisor_pid"], status["gateway"]["pid"], entry["pid"]]
+    done = helpers.serving_cli(home, "down")
+    assert done.returncode == 0 and json.loads(done.stdout) == {"stopped": True}
+    wait_for(lambda: not any(alive(p) for p in pids), 30, "all stack processes to exit")
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{gateway}/health", timeout=2)
+    assert json.loads(helpers.serving_cli(home, "status").stdout)["running"] is False
