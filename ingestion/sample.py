@@ -76,15 +76,25 @@ def generate_records(count: int, seed: int = 0) -> Iterator[dict[str, str]]:
     for i in range(count):
         family = families[i % len(families)]
         question, answer = TASK_FAMILIES[family](rng)
-        yield {"id": f"{family}-{seed}-{i}", "source": f"sample/{family}", "text": format_record(question, answer)}
+        yield {
+            "id": f"{family}-{seed}-{i}",
+            "source": f"sample/{family}",
+            "text": format_record(question, answer),
+        }
 
 
-def write_landing(landing: Path, count: int = 20_000, seed: int = 0, defects: bool = False) -> list[Path]:
+def write_landing(
+    landing: Path, count: int = 20_000, seed: int = 0, defects: bool = False
+) -> list[Path]:
     """Write the sample corpus into ``landing`` as three files (JSONL, CSV, Parquet)."""
     landing.mkdir(parents=True, exist_ok=True)
     records = list(generate_records(count, seed))
     third = len(records) // 3
-    parts = {"jsonl": records[:third], "csv": records[third : 2 * third], "parquet": records[2 * third :]}
+    parts = {
+        "jsonl": records[:third],
+        "csv": records[third : 2 * third],
+        "parquet": records[2 * third :],
+    }
     stem = f"sample-seed{seed}-n{count}"
     written = []
 
@@ -117,10 +127,14 @@ def write_landing(landing: Path, count: int = 20_000, seed: int = 0, defects: bo
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--landing", type=Path, required=True, help="landing directory to write into")
+    parser.add_argument(
+        "--landing", type=Path, required=True, help="landing directory to write into"
+    )
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--defects", action="store_true", help="add malformed records and one bad file")
+    parser.add_argument(
+        "--defects", action="store_true", help="add malformed records and one bad file"
+    )
     args = parser.parse_args(argv)
     for path in write_landing(args.landing, args.records, args.seed, args.defects):
         print(path)

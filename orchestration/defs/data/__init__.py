@@ -1,0 +1,23 @@
+"""Dagster definitions of the data layer: ingestion, quarantine, the split, the landing sensor."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from orchestration.jobs import LAKE_WRITER_TAGS
+
+from .assets import corpus_split, ingest_landing_files
+from .sensors import landing_zone_sensor
+
+ingest_job = dg.define_asset_job(
+    "ingest",
+    selection=dg.AssetSelection.assets(ingest_landing_files, corpus_split),
+    description="Ingest new landing files into the corpus and quarantine, then report the split.",
+    tags=LAKE_WRITER_TAGS,
+)
+
+defs = dg.Definitions(
+    assets=[ingest_landing_files, corpus_split],
+    jobs=[ingest_job],
+    sensors=[landing_zone_sensor],
+)
