@@ -18,6 +18,7 @@ instance: setup
 demo: instance
 	@$(BIN)/python -m ingestion.sample --landing "$(MLOPS_HOME)/landing" --defects > /dev/null
 	$(BIN)/dagster job execute -m orchestration.definitions -j train_and_deploy
+	@$(BIN)/python -m orchestration.summary
 
 lint: setup
 	$(BIN)/ruff check .

@@ -10,19 +10,37 @@ from __future__ import annotations
 
 import dagster as dg
 
-from orchestration.defs import data, ops
-from orchestration.jobs import LAKE_WRITER_TAGS
+from orchestration.defs import data, ops, registry, serving, training
+from orchestration.jobs import LAKE_WRITER_TAGS, ROLLOUT_TAGS
 from orchestration.resources import MlopsHome
+
+train = dg.define_asset_job(
+    "train",
+    selection=dg.AssetSelection.assets("trained_model", "evaluation", "registered_model"),
+    description=(
+        "Train on the current corpus version with torchrun, evaluate against the champion, "
+        "and register the model; it becomes `challenger` only if it passes the gate."
+    ),
+)
 
 train_and_deploy = dg.define_asset_job(
     "train_and_deploy",
-    selection=dg.AssetSelection.all(),
-    description=("The main job: ingest -> validate -> split, and everything downstream of it."),
-    tags=LAKE_WRITER_TAGS,
+    # `champion` is the operator's direct promotion (job `promote`); in the main job the
+    # challenger becomes champion at the end of a successful canary rollout instead.
+    selection=dg.AssetSelection.all() - dg.AssetSelection.assets("champion"),
+    description=(
+        "The main job: ingest -> validate -> split -> train -> evaluate -> register -> "
+        "canary rollout; the challenger becomes champion when the rollout passes."
+    ),
+    tags={**LAKE_WRITER_TAGS, **ROLLOUT_TAGS},
 )
+
 
 defs = dg.Definitions.merge(
     data.defs,
+    training.defs,
+    registry.defs,
+    serving.defs,
     ops.defs,
-    dg.Definitions(jobs=[train_and_deploy], resources={"mlops": MlopsHome()}),
+    dg.Definitions(jobs=[train, train_and_deploy], resources={"mlops": MlopsHome()}),
 )

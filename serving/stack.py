@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -45,11 +46,30 @@ def engine_name(model_dir: Path) -> str:
     return f"engine-{digest}"
 
 
-def admin_token() -> str:
+def admin_token(mlops_home: Path | None = None) -> str:
+    """The gateway admin token: ``MLOPS_GATEWAY_ADMIN_TOKEN``, else the embedded default's.
+
+    On one machine the token is generated once and kept, readable by its owner only, in
+    ``$MLOPS_HOME/serving/admin-token``, so the local stack needs no set-up; the supervisor
+    hands it to the gateway through the environment. A deployment sets the variable
+    (from a Kubernetes Secret) and no file is written.
+    """
     token = os.environ.get("MLOPS_GATEWAY_ADMIN_TOKEN")
-    if not token:
+    if token:
+        return token
+    if mlops_home is None:
         raise StackError("MLOPS_GATEWAY_ADMIN_TOKEN is not set; export a secret token first")
-    return token
+    path = Path(mlops_home) / "serving" / "admin-token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process created it first: use theirs
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(24))
+    return path.read_text().strip()
 
 
 def _alive(pid: int | None) -> bool:
@@ -136,7 +156,7 @@ def up(
     timeout_s: float = 180.0,
 ) -> dict:
     paths = StackPaths.under(mlops_home)
-    token = admin_token()
+    token = admin_token(mlops_home)
     if not (Path(model_dir) / "config.json").is_file():
         raise StackError(f"--model {model_dir} is not a model directory (no config.json)")
     engine_command(EngineSpec(Path(model_dir), ROUTE, port=1, engine=engine))  # vLLM present?
@@ -151,7 +171,7 @@ def up(
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                env={**os.environ, "HF_HUB_OFFLINE": "1", "MLOPS_GATEWAY_ADMIN_TOKEN": token},
             )
         deadline = time.monotonic() + 30
         while supervisor_pid(paths) is None:

@@ -1,0 +1,1 @@
+"""The training program (``torchrun ... -m training``): see ``training/README.md``."""

@@ -1,0 +1,202 @@
+"""Assets of the registry domain: ``evaluation`` -> ``registered_model`` -> ``champion``.
+
+* ``evaluation`` scores the newest ``trained_model`` (path and data version from that
+  asset's latest materialization metadata) and the current champion on the same held-out
+  examples, applies the gate, and writes the report under ``$MLOPS_HOME/evaluation/<run>``.
+* ``registered_model`` registers the evaluated artifact as a version of ``sovereign-lm``
+  with lineage and gate tags, logs the metrics to MLflow, and points ``challenger`` at it
+  when it passed. The blocking ``gate`` check (checks.py) stops ``champion`` otherwise.
+* ``champion`` promotes the challenger (or, with an explicit forced-promotion config, a
+  named version) under the registry lock.
+
+All three are safe to re-run: evaluation is deterministic, registration finds an already
+registered artifact by its digest, and promoting the current champion is a no-op.
+"""
+
+from pathlib import Path
+
+import dagster as dg
+
+from evaluation.gate import GateConfig
+from orchestration.resources import MlopsHome
+from registry import (
+    CHALLENGER,
+    CHAMPION,
+    ForcedPromotion,
+    RegistryError,
+    download_model_dir,
+    lineage_of,
+    promote,
+    register_version,
+)
+
+from .resources import MlflowResource
+
+TRAINED_MODEL = dg.AssetKey("trained_model")
+
+
+OWNERS = ["team:ml-platform"]
+
+
+def latest_metadata(context: dg.AssetExecutionContext, key: dg.AssetKey) -> tuple[dict, str]:
+    """(metadata values, run id) of the latest materialization of ``key``."""
+    event = context.instance.get_latest_materialization_event(key)
+    if event is None or event.asset_materialization is None:
+        raise dg.Failure(
+            f"{key.to_user_string()} has never been materialized; materialize it first"
+        )
+    metadata = {k: v.value for k, v in event.asset_materialization.metadata.items()}
+    return metadata, event.run_id
+
+
+def registry_failure(exc: Exception) -> dg.Failure:
+    """The one place registry and evaluation errors become Dagster failures."""
+    return dg.Failure(description=str(exc), metadata={"error": type(exc).__name__})
+
+
+class EvaluationRunConfig(dg.Config):
+    max_examples: int = 200
+    """Held-out tasks (and texts) scored per model."""
+    max_new_tokens: int = 16
+    min_exact_match: float = GateConfig.min_exact_match
+    max_perplexity: float = GateConfig.max_perplexity
+    exact_match_tolerance: float = GateConfig.exact_match_tolerance
+    perplexity_tolerance: float = GateConfig.perplexity_tolerance
+
+    def to_domain(self):
+        from evaluation.metrics import MetricsConfig
+        from evaluation.report import EvaluationConfig
+
+        return EvaluationConfig(
+            max_examples=self.max_examples,
+            metrics=MetricsConfig(max_new_tokens=self.max_new_tokens),
+            gate=GateConfig(
+                min_exact_match=self.min_exact_match,
+                max_perplexity=self.max_perplexity,
+                exact_match_tolerance=self.exact_match_tolerance,
+                perplexity_tolerance=self.perplexity_tolerance,
+            ),
+        )
+
+
+@dg.asset(group_name="registry", deps=[TRAINED_MODEL], kinds={"pytorch"}, owners=OWNERS)
+def evaluation(
+    context: dg.AssetExecutionContext,
+    config: EvaluationRunConfig,
+    mlops: MlopsHome,
+    mlflow_registry: MlflowResource,
+) -> dg.MaterializeResult:
+    """The challenger's held-out metrics next to the champion's, and the gate's verdict."""
+    trained, training_run = latest_metadata(context, TRAINED_MODEL)
+    if "model_path" not in trained:
+        raise dg.Failure("trained_model materialization lacks the model_path metadata")
+    from evaluation.report import evaluate  # torch loads only when a model is scored
+
+    workdir = mlops.path("evaluation", context.run_id)
+    try:
+        client = mlflow_registry.client()
+        champion = client.aliases().get(CHAMPION)
+        champion_dir = (
+            download_model_dir(client, champion, workdir / "champion") if champion else None
+        )
+        report = evaluate(
+            trained["model_path"],
+            trained.get("data_path") or mlops.lake() / "corpus",
+            trained.get("data_version"),
+            config.to_domain(),
+            champion_dir=champion_dir,
+            champion_version=champion,
+        )
+    except (RegistryError, ValueError) as exc:
+        raise registry_failure(exc) from exc
+    path = report.write(workdir / "report.json")
+    context.log.info(report.markdown())
+    return dg.MaterializeResult(
+        metadata={
+            "report_path": str(path),
+            "model_path": str(trained["model_path"]),
+            "training_run_id": training_run,
+            "data_version": report.data_version,
+            "gate_passed": report.decision.passed,
+            "exact_match": report.challenger.exact_match,
+            "perplexity": report.challenger.perplexity,
+            "champion_version": champion or "none",
+            "comparison": dg.MetadataValue.md(report.markdown()),
+        }
+    )
+
+
+@dg.asset(group_name="registry", deps=[evaluation], kinds={"mlflow"}, owners=OWNERS)
+def registered_model(
+    context: dg.AssetExecutionContext, mlflow_registry: MlflowResource
+) -> dg.MaterializeResult:
+    """The evaluated model as a version of ``sovereign-lm``; ``challenger`` if it passed."""
+    from evaluation.report import EvaluationReport
+
+    evaluated, _ = latest_metadata(context, evaluation.key)
+    report = EvaluationReport.from_json(Path(evaluated["report_path"]).read_text())
+    model_dir = Path(evaluated["model_path"])
+    try:
+        client = mlflow_registry.client()
+        lineage = lineage_of(
+            model_dir, evaluated.get("training_run_id", ""), report.data_path, report.data_version
+        )
+        registered = register_version(client, model_dir, report, lineage)
+        experiment = client.mlflow.get_run(registered.run_id).info.experiment_id
+    except RegistryError as exc:
+        raise registry_failure(exc) from exc
+    return dg.MaterializeResult(
+        metadata={
+            "model_version": registered.version,
+            "gate_passed": registered.gate_passed,
+            "newly_registered": registered.created,
+            "mlflow_run": dg.MetadataValue.url(
+                mlflow_registry.run_url(experiment, registered.run_id)
+            ),
+            "model_version_url": dg.MetadataValue.url(
+                mlflow_registry.version_url(registered.version)
+            ),
+            "comparison": dg.MetadataValue.md(report.markdown()),
+            **{k: dg.MetadataValue.text(v) for k, v in lineage.tags().items()},
+        }
+    )
+
+
+class PromotionConfig(dg.Config):
+    version: str = ""
+    """Version to promote; empty: the current ``challenger``."""
+    force_reason: str = ""
+    """Non-empty: promote even if the gate failed, recording this reason on the version."""
+
+
+def promote_to_champion(
+    context: dg.OpExecutionContext | dg.AssetExecutionContext,
+    config: PromotionConfig,
+    mlflow_registry: MlflowResource,
+) -> dict:
+    try:
+        client = mlflow_registry.client()
+        version = config.version or client.aliases().get(CHALLENGER)
+        if not version:
+            raise dg.Failure("no challenger to promote: register a model that passes the gate")
+        force = ForcedPromotion(config.force_reason) if config.force_reason else None
+        change = promote(client, version, f"dagster:{context.run_id}", force=force)
+    except (RegistryError, ValueError) as exc:
+        raise registry_failure(exc) from exc
+    context.log.info(change.message)
+    return {
+        "champion": change.champion,
+        "previous_champion": change.previous_champion or "none",
+        "changed": change.changed,
+        "forced": force is not None,
+        "message": change.message,
+        "model_version_url": dg.MetadataValue.url(mlflow_registry.version_url(change.champion)),
+    }
+
+
+@dg.asset(group_name="registry", deps=[registered_model], kinds={"mlflow"}, owners=OWNERS)
+def champion(
+    context: dg.AssetExecutionContext, config: PromotionConfig, mlflow_registry: MlflowResource
+) -> dg.MaterializeResult:
+    """The serving model: ``champion`` alias moved to the challenger (gated, idempotent)."""
+    return dg.MaterializeResult(metadata=promote_to_champion(context, config, mlflow_registry))

@@ -1,0 +1,54 @@
+"""Operator jobs of the registry domain: ``promote`` and ``rollback``.
+
+``promote`` materializes ``champion`` alone: the current challenger becomes champion if it
+passed the gate against the current champion (a no-op when it already is champion).
+``rollback`` moves ``champion`` back to ``previous-champion``; its reason is required and
+recorded on the version that was rolled back; running it twice changes nothing.
+"""
+
+import dagster as dg
+
+from registry import RegistryError
+from registry import rollback as rollback_champion
+
+from .assets import champion, registry_failure
+from .resources import MlflowResource
+
+promote = dg.define_asset_job(
+    "promote",
+    selection=dg.AssetSelection.assets(champion),
+    description="Move champion to the current challenger (gated; no-op when already champion).",
+)
+
+
+class RollbackConfig(dg.Config):
+    reason: str
+    """Why the champion is being rolled back; recorded on the version."""
+
+
+@dg.op
+def rollback_op(
+    context: dg.OpExecutionContext, config: RollbackConfig, mlflow_registry: MlflowResource
+) -> None:
+    try:
+        change = rollback_champion(
+            mlflow_registry.client(), config.reason, f"dagster:{context.run_id}"
+        )
+    except (RegistryError, ValueError) as exc:
+        raise registry_failure(exc) from exc
+    context.log.info(change.message)
+    context.log_event(
+        dg.AssetObservation(
+            asset_key=champion.key,
+            metadata={
+                "champion": change.champion,
+                "changed": change.changed,
+                "reason": config.reason,
+            },
+        )
+    )
+
+
+@dg.job(description="Move champion back to previous-champion; config: reason.")
+def rollback() -> None:
+    rollback_op()

@@ -1,0 +1,284 @@
+"""The ``deployment`` asset: canary rollout of the registry's ``challenger``, and the ``deploy`` job.
+
+One materialization decides what serves ``sovereign-lm`` and makes the registry agree:
+
+* no champion yet: the gated challenger is served as the stable backend and promoted
+  directly (there is no stable model to compare a canary with);
+* the challenger already is champion (or there is none): no-op, beyond making sure the
+  champion is what the gateway serves;
+* the challenger was rolled back before: no-op; it needs a new registration or a forced
+  promotion, never a silent second attempt;
+* otherwise ``serving.canary.CanaryController`` shifts traffic step by step, with held-out
+  probe tasks as the quality signal; the registry promotion is its last step, so the
+  champion alias moves only after the rollout has passed. A rollback is a correct outcome,
+  not a failure: the asset materializes with decision ``rolled_back`` and the reason, and
+  its ``canary_passed`` check (WARN) fails, so it shows without failing the job.
+
+Safe to re-run: each case is re-derived from the registry aliases and the gateway's state;
+an interrupted rollout is rolled back before the asset fails, so traffic is never left on a
+half-rolled-out canary.
+"""
+
+from dataclasses import asdict
+from pathlib import Path
+
+import dagster as dg
+import httpx
+
+from evaluation.gate import GateConfig
+from orchestration.defs.registry.resources import MlflowResource
+from orchestration.jobs import ROLLOUT_TAGS
+from orchestration.resources import MlopsHome
+from registry import CHALLENGER, CHAMPION, RegistryError, promote
+from serving.canary import (
+    CanaryConfig,
+    CanaryController,
+    CanaryError,
+    CanaryResult,
+    probe_accuracy,
+    rollback,
+)
+from serving.engine.launcher import EngineUnavailable
+from serving.gateway.client import AdminError
+from serving.stack import ROUTE, StackError, engine_name
+
+from .resources import ServingStack
+from .rollout import (
+    ROLLBACK_REASON_TAG,
+    ModelIntegrityError,
+    ProbeDataError,
+    RolloutRecord,
+    fetch_model_dir,
+    load_probes,
+    now,
+    record_rollback,
+    timeline_markdown,
+)
+
+OWNERS = ["team:ml-platform"]
+_EXPECTED = (
+    RegistryError,
+    StackError,
+    AdminError,
+    EngineUnavailable,
+    ModelIntegrityError,
+    ProbeDataError,
+    ValueError,
+    httpx.HTTPError,
+)
+
+
+class DeploymentConfig(dg.Config):
+    steps: list[float] = [10.0, 50.0, 100.0]
+    """Canary traffic weights in percent, increasing, ending at 100."""
+    window_s: float = 5.0
+    """How long each weight holds before its analysis (short for the demo; minutes in production)."""
+    probe_count: int = 20
+    """Held-out tasks asked of canary and stable at every step; 0 disables the quality check."""
+    min_probe_accuracy: float = GateConfig.min_exact_match
+    """Exact-match floor of the canary on the probes (the evaluation gate's floor by default)."""
+    max_accuracy_drop: float = 0.1
+    """How far the canary's probe accuracy may trail the stable model's (sampling noise)."""
+    max_p95_ratio: float = 2.0
+    """Canary p95 latency may be at most this multiple of stable's (plus a small slack)."""
+
+    def canary(self, serving: ServingStack) -> CanaryConfig:
+        return CanaryConfig(
+            steps=tuple(self.steps),
+            window_s=self.window_s,
+            poll_s=min(0.5, self.window_s / 4),
+            max_error_rate=serving.max_error_rate,
+            breach_min_errors=serving.breach_min_errors,
+            max_p95_ratio=self.max_p95_ratio,
+            min_probe_accuracy=self.min_probe_accuracy,
+            max_accuracy_drop=self.max_accuracy_drop,
+        )
+
+
+def _metadata(decision: str, reason: str, challenger: str | None, champion: str | None) -> dict:
+    return {
+        "decision": decision,
+        "reason": reason,
+        "challenger_version": challenger or "none",
+        "served_version": champion or "none",
+    }
+
+
+@dg.asset(
+    group_name="serving",
+    deps=[dg.AssetKey("registered_model")],
+    kinds={"mlflow"},
+    owners=OWNERS,
+    check_specs=[
+        dg.AssetCheckSpec(
+            "canary_passed",
+            asset="deployment",
+            description="The challenger serves as champion after the rollout (WARN otherwise).",
+        )
+    ],
+)
+def deployment(
+    context: dg.AssetExecutionContext,
+    config: DeploymentConfig,
+    mlops: MlopsHome,
+    mlflow_registry: MlflowResource,
+    serving_stack: ServingStack,
+) -> dg.MaterializeResult:
+    """The model serving ``sovereign-lm`` behind the gateway, and how it got there.
+
+    Rolls the registry's challenger out as a canary against the champion (or serves it
+    directly when there is no champion yet), promoting it only once every step passed.
+    """
+    home = mlops.root()
+    try:
+        client = mlflow_registry.client()
+        aliases = client.aliases()
+        challenger, champion = aliases.get(CHALLENGER), aliases.get(CHAMPION)
+        models = home / "serving" / "models"
+        if challenger is None and champion is None:
+            raise dg.Failure(
+                f"{client.config.model_name} has neither a challenger nor a champion: "
+                "register a model that passes the gate (the `train` job) first"
+            )
+        if challenger is None or challenger == champion:
+            admin = serving_stack.serve(home, fetch_model_dir(client, champion, models))
+            why = "no challenger" if challenger is None else f"v{champion} already champion"
+            meta = _metadata("noop", f"{why}; v{champion} serves", challenger, champion)
+        elif ROLLBACK_REASON_TAG in (tags := client.version_tags(challenger)):
+            if champion is None:
+                raise dg.Failure(
+                    f"the only candidate, v{challenger}, was rolled back "
+                    f"({tags[ROLLBACK_REASON_TAG]!r}) and there is no champion to serve"
+                )
+            admin = serving_stack.serve(home, fetch_model_dir(client, champion, models))
+            reason = (
+                f"v{challenger} was rolled back before ({tags[ROLLBACK_REASON_TAG]}); register "
+                "a new model or force its promotion"
+            )
+            meta = _metadata("noop", reason, challenger, champion)
+        elif champion is None:
+            admin, meta = _first_deployment(
+                context, serving_stack, client, challenger, home, config
+            )
+        else:
+            admin, meta = _canary(
+                context, serving_stack, client, challenger, champion, home, config
+            )
+    except _EXPECTED as exc:
+        raise dg.Failure(description=str(exc), metadata={"error": type(exc).__name__}) from exc
+
+    passed = challenger is None or meta["served_version"] == challenger
+    context.log.info(f"deployment: {meta['decision']}: {meta['reason']}")
+    return dg.MaterializeResult(
+        metadata={**meta, "gateway_url": dg.MetadataValue.url(admin.url)},
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="canary_passed",
+                passed=passed,
+                severity=dg.AssetCheckSeverity.WARN,
+                description=meta["reason"],
+                metadata={"decision": meta["decision"]},
+            )
+        ],
+    )
+
+
+def _first_deployment(context, serving: ServingStack, client, challenger, home, config):
+    model_dir = fetch_model_dir(client, challenger, home / "serving" / "models")
+    admin = serving.serve(home, model_dir)  # a model that cannot be served never gets promoted
+    tags = client.version_tags(challenger)
+    probes = load_probes(tags, home / "lake" / "corpus", config.probe_count)
+    engine_url = admin.state()["backends"][engine_name(model_dir)]["url"]
+    accuracy = probe_accuracy(engine_url, probes, config.canary(serving))
+    change = promote(client, challenger, f"dagster:{context.run_id}")
+    context.log.info(change.message)
+    reason = f"no champion yet: v{challenger} promoted directly (no stable model to canary against)"
+    meta = _metadata("promoted", reason, challenger, change.champion)
+    # recorded, not gated: the evaluation gate judged this model, and there is no stable
+    # model whose accuracy the served one could be compared with
+    meta.update({"probes": len(probes), "probe_accuracy": accuracy})
+    return admin, meta
+
+
+def _canary(context, serving: ServingStack, client, challenger, champion, home: Path, config):
+    models = home / "serving" / "models"
+    actor = f"dagster:{context.run_id}"
+    canary_config = config.canary(serving)
+    challenger_dir = fetch_model_dir(client, challenger, models)
+    admin = serving.serve(home, fetch_model_dir(client, champion, models))
+    probes = load_probes(
+        client.version_tags(challenger), home / "lake" / "corpus", config.probe_count
+    )
+    if config.probe_count and not probes:
+        context.log.warning("the held-out sample holds no tasks: rolling out without probes")
+    fleet, paths = serving.fleet(home), serving.paths(home)
+    canary = engine_name(challenger_dir)
+    promote_errors: list[Exception] = []
+
+    def promote_challenger() -> None:
+        try:
+            context.log.info(promote(client, challenger, actor).message)
+        except Exception as exc:  # the controller rolls back; the asset fails afterwards
+            promote_errors.append(exc)
+            raise
+
+    def on_rollback(reason: str) -> None:
+        if not promote_errors:  # a registry conflict is no verdict on the model
+            record_rollback(client, challenger, reason, actor)
+
+    RolloutRecord(challenger, canary, context.run_id, now()).save(paths)
+    try:
+        result = CanaryController(admin, fleet, canary_config).run(
+            challenger_dir, probes, promote_challenger, on_rollback
+        )
+    except CanaryError as exc:  # another rollout owns the route: leave its canary alone
+        raise dg.Failure(str(exc)) from exc
+    except Exception as exc:
+        result = _interrupted(admin, fleet, client, challenger, canary, champion, exc)
+    finally:
+        RolloutRecord.clear(paths)
+    if promote_errors:
+        raise dg.Failure(
+            f"the canary of v{challenger} passed, but its promotion failed "
+            f"({promote_errors[0]}); traffic is back on v{champion}. Re-evaluate v{challenger} "
+            "against the current champion, then deploy again"
+        )
+    served = challenger if result.decision == "promoted" else champion
+    meta = _metadata(result.decision, result.reason or "every step passed", challenger, served)
+    meta.update(
+        {
+            "champion_before": champion,
+            "canary_backend": result.canary_backend,
+            "stable_backend": result.stable_backend,
+            "probes": len(probes),
+            "timeline": dg.MetadataValue.md(timeline_markdown(result)),
+            "timeline_data": dg.MetadataValue.json([asdict(s) for s in result.timeline]),
+        }
+    )
+    return admin, meta
+
+
+def _interrupted(admin, fleet, client, challenger, canary, champion, exc) -> CanaryResult:
+    """The rollout raised. If the health sensor rolled the canary back meanwhile, that is the
+    outcome; otherwise send traffic back to stable, retire the canary and fail."""
+    route = admin.state()["routes"].get(ROUTE) or {}
+    recorded = client.version_tags(challenger).get(ROLLBACK_REASON_TAG)
+    if route.get("canary") is None and recorded:
+        return CanaryResult("rolled_back", recorded, canary, route.get("stable", ""), [])
+    rollback(admin, ROUTE, fleet)
+    fleet.stop(canary)  # also an engine that never became healthy enough to be routed to
+    raise dg.Failure(
+        f"the rollout of v{challenger} stopped: {type(exc).__name__}: {exc}; traffic is back on "
+        f"v{champion} and the canary is retired. Safe to re-run"
+    ) from exc
+
+
+deploy = dg.define_asset_job(
+    "deploy",
+    selection=dg.AssetSelection.assets(deployment),
+    description=(
+        "Canary rollout of the registry's challenger behind the gateway; promotes it to "
+        "champion when every step passes, rolls it back otherwise."
+    ),
+    tags=ROLLOUT_TAGS,
+)

@@ -1,0 +1,170 @@
+"""What the ``deployment`` asset and the canary health sensor share, free of Dagster.
+
+* :func:`fetch_model_dir`: a registered version's Hugging Face directory under
+  ``$MLOPS_HOME/serving/models/<version>/``. Downloaded once and reused afterwards, because a
+  live engine serves straight from it; a reused or fresh copy must match the version's
+  ``lineage.model_sha256`` tag, so a torn download is never served. A new copy is staged
+  beside the target and renamed into place.
+* :func:`load_probes`: held-out tasks of the data version the challenger was evaluated on
+  (the same split rule and order as evaluation), falling back to the latest corpus.
+* :class:`RolloutRecord`: ``$MLOPS_HOME/serving/rollout.json`` names the registry version a
+  live canary serves. The gateway only knows engine names; the sensor reads this file to
+  record a rollback on the right version.
+* :func:`record_rollback`: the ``rollback.*`` tags on a version whose canary was rolled back.
+  ``registry.promote`` refuses a version carrying ``rollback.reason`` without an explicit
+  forced promotion, so a failed challenger cannot slip through a later ``promote`` run.
+* :func:`timeline_markdown`: the canary's per-step record as a table for asset metadata.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from registry import RegistryClient, download_model_dir
+from registry.lineage import model_digest
+from serving.canary import CanaryResult, Probe
+from serving.gateway.state import StateStore
+from serving.supervisor import StackPaths, read_json
+
+ROLLBACK_REASON_TAG = "rollback.reason"  # the tag ``registry.promote`` refuses without a force
+
+
+class ModelIntegrityError(RuntimeError):
+    """A downloaded model directory does not match the digest its version was registered with."""
+
+
+class ProbeDataError(ValueError):
+    """No corpus table could provide the held-out probe tasks."""
+
+
+def _hf_dir(root: Path) -> Path | None:
+    found = sorted(root.glob("**/config.json")) if root.is_dir() else []
+    return found[0].parent if found else None
+
+
+def fetch_model_dir(client: RegistryClient, version: str, models_root: Path) -> Path:
+    """The Hugging Face directory of ``version`` under ``models_root/<version>``."""
+    expected = client.version_tags(version).get("lineage.model_sha256")
+    target = models_root / version
+    existing = _hf_dir(target)
+    if existing is not None and (not expected or model_digest(existing) == expected):
+        return existing
+    models_root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=models_root))
+    try:
+        fetched = download_model_dir(client, version, staging)
+        if expected and model_digest(fetched) != expected:
+            raise ModelIntegrityError(
+                f"version {version} downloaded to {fetched} has digest "
+                f"{model_digest(fetched)}, but lineage.model_sha256 is {expected}; the artifact "
+                "store holds a different or damaged copy: re-register the model"
+            )
+        inner = fetched.relative_to(staging)
+        if target.exists():  # a damaged copy; nothing can be serving a wrong digest for long
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target / inner
+
+
+def load_probes(tags: dict[str, str], fallback_corpus: Path, count: int) -> list[Probe]:
+    """``count`` held-out tasks, from the table and version in the version's tags if readable."""
+    if count < 1:
+        return []
+    from evaluation.heldout import HeldoutDataError, load_heldout
+
+    sources: list[tuple[str, int | None]] = []
+    if tags.get("lineage.data_path"):
+        version = tags.get("eval.data_version") or tags.get("lineage.data_version")
+        sources.append((tags["lineage.data_path"], int(version) if version else None))
+    sources.append((str(fallback_corpus), None))
+    problems = []
+    for path, data_version in sources:
+        try:
+            sample = load_heldout(path, data_version, count)
+        except HeldoutDataError as exc:
+            problems.append(str(exc))
+            continue
+        return [Probe(task.prompt, task.answer) for task in sample.tasks]
+    raise ProbeDataError(
+        "no held-out probe tasks: " + "; ".join(problems) + " (set probe_count: 0 to roll out "
+        "without a quality check)"
+    )
+
+
+@dataclass(frozen=True)
+class RolloutRecord:
+    version: str
+    canary: str  # the gateway backend (engine) name serving ``version``
+    run_id: str
+    started_at: str
+
+    @staticmethod
+    def path(paths: StackPaths) -> Path:
+        return paths.root / "rollout.json"
+
+    def save(self, paths: StackPaths) -> None:
+        StateStore(self.path(paths)).save(asdict(self))
+
+    @classmethod
+    def load(cls, paths: StackPaths) -> RolloutRecord | None:
+        data = read_json(cls.path(paths))
+        try:
+            return cls(**data) if data else None
+        except TypeError:  # a record of another layout names no version we can trust
+            return None
+
+    @classmethod
+    def clear(cls, paths: StackPaths) -> None:
+        cls.path(paths).unlink(missing_ok=True)
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def record_rollback(client: RegistryClient, version: str, reason: str, actor: str) -> bool:
+    """Tag ``version`` as rolled back; ``False`` when it already was (the first cause stays:
+    later detections of the same failure are echoes of it)."""
+    if ROLLBACK_REASON_TAG in client.version_tags(version):
+        return False
+    name = client.config.model_name
+    tags = {
+        ROLLBACK_REASON_TAG: reason[:4000],
+        "rollback.by": actor,
+        "rollback.at": now(),
+        "canary.decision": "rolled_back",
+    }
+    for key, value in tags.items():
+        client.call(
+            "set_model_version_tag", client.mlflow.set_model_version_tag, name, version, key, value
+        )
+    return True
+
+
+def _fmt(value: float | None, pattern: str) -> str:
+    return "-" if value is None else format(value, pattern)
+
+
+def timeline_markdown(result: CanaryResult) -> str:
+    rows = [
+        "| canary weight | requests | error rate | p95 canary | p95 stable | probe accuracy "
+        "| stable probe accuracy | result |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for step in result.timeline:
+        canary, stable = step.canary or {}, step.stable or {}
+        rows.append(
+            f"| {step.weight:g}% | {_fmt(canary.get('requests'), '.0f')} "
+            f"| {_fmt(canary.get('error_rate'), '.1%')} | {_fmt(canary.get('p95_s'), '.3f')} "
+            f"| {_fmt(stable.get('p95_s'), '.3f')} | {_fmt(step.probe_accuracy, '.0%')} "
+            f"| {_fmt(step.stable_probe_accuracy, '.0%')} "
+            f"| {'pass' if step.passed else 'FAIL: ' + (step.reason or '').replace('|', '/')} |"
+        )
+    return "\n".join(rows)

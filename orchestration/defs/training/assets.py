@@ -1,0 +1,68 @@
+"""The ``trained_model`` asset: a model trained by torchrun on the pinned train split.
+
+The asset is a thin launcher: ``training`` (the torchrun program) does the work and
+reports back through Dagster Pipes (progress lines as logs; model path, data version,
+steps, final loss, throughput and wall time as materialization metadata). The output
+directory is ``$MLOPS_HOME/training/<run_id>/``, so a retry of the same run (the
+``RetryPolicy`` below) resumes from that run's checkpoints instead of starting over,
+while a new run trains a new model. Safe to re-run: nothing outside that directory is
+written, and a finished directory is only re-exported.
+"""
+
+from typing import Literal
+
+import dagster as dg
+
+from orchestration.resources import MlopsHome
+
+from .resources import TrainingLauncher
+
+
+class TrainRunConfig(dg.Config):
+    max_steps: int = 300
+    """Optimiser steps of the run."""
+    nproc: int = 2
+    """Processes (world size) torchrun starts on this host."""
+    engine: Literal["ddp", "deepspeed"] = "ddp"
+    seed: int = 0
+    checkpoint_every: int = 50
+    """Steps between checkpoints (one is always written at the end)."""
+    max_restarts: int = 3
+    """How often torchrun restarts the workers after a crash, within one attempt."""
+    config_file: str | None = None
+    """JSON/YAML training config (model size, optimiser, data); empty uses the tiny default."""
+
+
+@dg.asset(
+    group_name="training",
+    deps=[dg.AssetKey("corpus_split")],
+    kinds={"pytorch"},
+    owners=["team:ml-platform"],
+    retry_policy=dg.RetryPolicy(max_retries=2, delay=10),
+)
+def trained_model(
+    context: dg.AssetExecutionContext,
+    config: TrainRunConfig,
+    mlops: MlopsHome,
+    trainer: TrainingLauncher,
+) -> dg.MaterializeResult:
+    """A causal language model (Hugging Face directory) trained on the corpus train split.
+
+    The data version (Delta table version) is pinned when the run first starts and
+    recorded with the model, together with the config hash, seed and world size.
+    """
+    output = mlops.path("training", context.run_id)
+    output.mkdir(parents=True, exist_ok=True)
+    command = trainer.command(
+        data=mlops.lake() / "corpus",
+        output=output,
+        nproc=config.nproc,
+        max_steps=config.max_steps,
+        checkpoint_every=config.checkpoint_every,
+        seed=config.seed,
+        engine=config.engine,
+        max_restarts=config.max_restarts,
+        config_file=config.config_file,
+    )
+    context.log.info(f"launching: {' '.join(command)}")
+    return trainer.client().run(command=command, context=context).get_materialize_result()

@@ -1,0 +1,90 @@
+"""Lineage of a model version: where its data, code and training came from.
+
+Every registered version carries these as ``lineage.*`` tags, so the question "what was
+this model trained on, by which code, in which run" is answered from the registry alone.
+The model digest (sha256 over the artifact's files) doubles as the identity that makes
+registration idempotent: registering the same artifact twice finds the first version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+_DIGEST_FILES = ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json")
+
+
+@dataclass(frozen=True)
+class Lineage:
+    data_path: str
+    data_version: int | None
+    training_run_id: str  # the orchestrator run that trained the model ("" when unknown)
+    config_hash: str
+    code_version: str
+    model_sha256: str
+
+    def tags(self) -> dict[str, str]:
+        return {
+            "lineage.data_path": self.data_path,
+            "lineage.data_version": "" if self.data_version is None else str(self.data_version),
+            "lineage.training_run_id": self.training_run_id,
+            "lineage.config_hash": self.config_hash,
+            "lineage.code_version": self.code_version,
+            "lineage.model_sha256": self.model_sha256,
+        }
+
+
+def model_digest(model_dir: Path) -> str:
+    digest = hashlib.sha256()
+    for name in _DIGEST_FILES:
+        path = model_dir / name
+        if path.is_file():
+            digest.update(name.encode())
+            with path.open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+def code_version(repo: Path | None = None) -> str:
+    """The git commit of the code (``+dirty`` when the tree has changes), or ``unknown``."""
+    cwd = repo or Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10
+        )
+        if head.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def lineage_of(
+    model_dir: Path,
+    training_run_id: str = "",
+    data_path: str | None = None,
+    data_version: int | None = None,
+) -> Lineage:
+    """Lineage from ``training_summary.json`` in ``model_dir``; explicit arguments win."""
+    summary_path = model_dir / "training_summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    version = data_version if data_version is not None else summary.get("data_version")
+    return Lineage(
+        data_path=str(data_path or summary.get("data_path") or ""),
+        data_version=None if version is None else int(version),
+        training_run_id=training_run_id,
+        config_hash=str(summary.get("config_hash") or ""),
+        code_version=code_version(),
+        model_sha256=model_digest(model_dir),
+    )

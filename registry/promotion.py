@@ -1,0 +1,244 @@
+"""Moving the ``champion`` alias: gated promotion and rollback, crash-safe and race-safe.
+
+Promotion of version B over champion A, under the registry lock (``locking.py``):
+
+1. refuse unless B passed the gate (or the request is an explicit, reasoned force) and B
+   was never rolled back;
+2. re-read the aliases: if B already is champion, it is a retry: do nothing. If the
+   champion is not the one B was evaluated against (``gate.champion_version``), refuse
+   with ``PromotionConflictError``: B beat a model that no longer serves;
+3. record the intent (registered-model tag ``promotion.pending``) and B's promotion tags;
+4. ``previous-champion`` -> A, then ``champion`` -> B, then read back and verify;
+5. clear the intent.
+
+Every prefix of this sequence is a consistent registry: until step 4's second write the
+champion is still A (and after the first write ``previous-champion`` is A too, which is
+exactly what it will be). A crashed promotion is finished by running it again, or by
+``recover``, which replays a pending intent. Rollback sets ``champion`` to
+``previous-champion`` and leaves both pointing at the same version, so running it twice
+is a no-op; the reason is tagged on the version that was rolled back.
+
+Set ``MLOPS_REGISTRY_FAULT`` to a fault point name (``promote:after-previous-champion``,
+``promote:after-champion``, ``rollback:after-tags``) to have the process SIGKILL itself
+there: the crash-recovery tests drive a real crash through it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+from dataclasses import dataclass
+
+from registry.client import RegistryClient
+from registry.errors import (
+    GateNotPassedError,
+    PromotionConflictError,
+    RegistryInconsistentError,
+    RollbackUnavailableError,
+)
+from registry.locking import registry_lock
+from registry.versions import CHAMPION, PREVIOUS
+
+PENDING_TAG = "promotion.pending"
+LAST_ROLLBACK_TAG = "rollback.last"
+FAULT_ENV = "MLOPS_REGISTRY_FAULT"
+_UNSET = object()
+
+
+@dataclass(frozen=True)
+class ForcedPromotion:
+    """Explicit override of a failed gate; the reason is recorded on the version."""
+
+    reason: str
+
+    def __post_init__(self) -> None:
+        if not self.reason.strip():
+            raise ValueError("a forced promotion needs a non-empty reason")
+
+
+@dataclass(frozen=True)
+class AliasChange:
+    changed: bool  # False: the registry already was in the requested state
+    champion: str | None
+    previous_champion: str | None
+    message: str
+
+
+def _fault(point: str) -> None:
+    if os.environ.get(FAULT_ENV) == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _lock(client: RegistryClient):
+    cfg = client.config
+    return registry_lock(cfg.lock_url, cfg.model_name, cfg.lock_timeout_s)
+
+
+def _set_alias(client: RegistryClient, alias: str, version: str) -> None:
+    name = client.config.model_name
+    client.call(
+        f"set alias {alias}", client.mlflow.set_registered_model_alias, name, alias, version
+    )
+
+
+def _set_version_tags(client: RegistryClient, version: str, tags: dict[str, str]) -> None:
+    name = client.config.model_name
+    for key, value in tags.items():
+        client.call(
+            "set_model_version_tag", client.mlflow.set_model_version_tag, name, version, key, value
+        )
+
+
+def _verify(client: RegistryClient, champion: str, previous: str | None) -> dict[str, str]:
+    aliases = client.aliases()
+    if aliases.get(CHAMPION) != champion or (previous and aliases.get(PREVIOUS) != previous):
+        raise RegistryInconsistentError(
+            f"after writing champion={champion}, previous-champion={previous} the registry "
+            f"reads {aliases}; a writer bypassed the registry lock. Inspect the aliases, then "
+            "run the promotion again"
+        )
+    return aliases
+
+
+def promote(
+    client: RegistryClient,
+    version: str,
+    actor: str,
+    expected_champion: str | None | object = _UNSET,
+    force: ForcedPromotion | None = None,
+) -> AliasChange:
+    """Make ``version`` the champion; see the module docstring for the protocol.
+
+    ``expected_champion`` defaults to the champion the version was evaluated against
+    (its ``gate.champion_version`` tag); pass it explicitly only to override that.
+    """
+    version = str(version)
+    name = client.config.model_name
+    tags = client.version_tags(version)
+    if tags.get("gate.passed") != "true" and force is None:
+        raise GateNotPassedError(
+            f"version {version} of {name} did not pass the evaluation gate "
+            f"(gate.passed={tags.get('gate.passed')!r}): {tags.get('gate.reasons', '')!r}; "
+            "promote it only with an explicit forced promotion and a reason"
+        )
+    if "rollback.reason" in tags and force is None:
+        raise GateNotPassedError(
+            f"version {version} of {name} was rolled back ({tags['rollback.reason']!r}); "
+            "promote it again only with an explicit forced promotion and a reason"
+        )
+    if expected_champion is _UNSET:
+        evaluated_against = tags.get("gate.champion_version", "none")
+        expected_champion = None if evaluated_against == "none" else evaluated_against
+    with _lock(client):
+        aliases = client.aliases()
+        current = aliases.get(CHAMPION)
+        if current == version:
+            intent = pending_promotion(client)
+            if intent is not None and intent["to"] == version:  # finish a crashed promotion
+                client.call(
+                    "delete_registered_model_tag",
+                    client.mlflow.delete_registered_model_tag,
+                    name,
+                    PENDING_TAG,
+                )
+            return AliasChange(
+                False, version, aliases.get(PREVIOUS), f"v{version} already champion"
+            )
+        if force is None and current != expected_champion:
+            raise PromotionConflictError(
+                f"champion of {name} is v{current}, but v{version} was evaluated against "
+                f"{'v' + str(expected_champion) if expected_champion else 'no champion'}; "
+                f"re-evaluate v{version} against v{current} before promoting it"
+            )
+        intent = {"from": current, "to": version, "by": actor, "at": _now(), "forced": bool(force)}
+        client.call(
+            "set_registered_model_tag",
+            client.mlflow.set_registered_model_tag,
+            name,
+            PENDING_TAG,
+            json.dumps(intent),
+        )
+        promotion_tags = {
+            "promotion.promoted_by": actor,
+            "promotion.promoted_at": intent["at"],
+            "promotion.replaced": current or "none",
+            "promotion.forced": "true" if force else "false",
+        }
+        if force is not None:
+            promotion_tags["promotion.force_reason"] = force.reason
+        _set_version_tags(client, version, promotion_tags)
+        if current is not None:
+            _set_alias(client, PREVIOUS, current)
+        _fault("promote:after-previous-champion")
+        _set_alias(client, CHAMPION, version)
+        _fault("promote:after-champion")
+        aliases = _verify(client, version, current)
+        client.call(
+            "delete_registered_model_tag",
+            client.mlflow.delete_registered_model_tag,
+            name,
+            PENDING_TAG,
+        )
+    return AliasChange(True, version, aliases.get(PREVIOUS), f"v{version} promoted over v{current}")
+
+
+def pending_promotion(client: RegistryClient) -> dict | None:
+    raw = client.model_tags().get(PENDING_TAG)
+    return json.loads(raw) if raw else None
+
+
+def recover(client: RegistryClient, actor: str) -> AliasChange | None:
+    """Finish a promotion that crashed between its alias writes; ``None`` if none pending."""
+    intent = pending_promotion(client)
+    if intent is None:
+        return None
+    force = (
+        ForcedPromotion(f"recovering forced promotion by {intent['by']}")
+        if intent["forced"]
+        else None
+    )
+    return promote(client, intent["to"], actor, expected_champion=intent["from"], force=force)
+
+
+def rollback(client: RegistryClient, reason: str, actor: str) -> AliasChange:
+    """Point ``champion`` back at ``previous-champion``; a no-op when already there."""
+    if not reason.strip():
+        raise ValueError("rollback needs a non-empty reason")
+    name = client.config.model_name
+    with _lock(client):
+        aliases = client.aliases()
+        current, previous = aliases.get(CHAMPION), aliases.get(PREVIOUS)
+        if previous is None:
+            raise RollbackUnavailableError(
+                f"{name} has no previous-champion alias (champion={current}); nothing to roll "
+                "back to. Promote a known-good version instead"
+            )
+        if current == previous:
+            return AliasChange(False, current, previous, f"v{current} already champion")
+        at = _now()
+        tags = {
+            "rollback.reason": reason,
+            "rollback.by": actor,
+            "rollback.at": at,
+            "rollback.to": previous,
+        }
+        if current is not None:
+            _set_version_tags(client, current, tags)
+        record = {"from": current, "to": previous, "by": actor, "at": at, "reason": reason}
+        client.call(
+            "set_registered_model_tag",
+            client.mlflow.set_registered_model_tag,
+            name,
+            LAST_ROLLBACK_TAG,
+            json.dumps(record),
+        )
+        _fault("rollback:after-tags")
+        _set_alias(client, CHAMPION, previous)
+        aliases = _verify(client, previous, previous)
+    return AliasChange(True, previous, previous, f"rolled back from v{current} to v{previous}")

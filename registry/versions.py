@@ -1,0 +1,223 @@
+"""Registering a model artifact as a version of ``sovereign-lm``, and fetching one back.
+
+``register_version`` logs the evaluation metrics and the training summary to an MLflow
+run, logs the artifact as a pyfunc "model from code" (``pyfunc_model.py``) with the
+Hugging Face directory attached, registers it, tags it with lineage and the gate verdict,
+and points ``challenger`` at it when the gate passed. A version that failed the gate is
+still registered (the record of what was tried and why it was refused) but no alias ever
+points at it.
+
+Idempotent: the artifact's digest is a version tag, and registering the same artifact
+again finds that version instead of creating a second one; the tags and alias are then
+(re)applied, so a registration that crashed halfway is completed by running it again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+
+from registry.client import RegistryClient
+from registry.lineage import Lineage
+
+if TYPE_CHECKING:  # keeps torch out of the CLI's and the promotion path's imports
+    from evaluation.report import EvaluationReport
+
+CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous-champion"
+_PYFUNC_SOURCE = Path(__file__).with_name("pyfunc_model.py")  # never imported here: MLflow runs it
+MODEL_DIR_ARTIFACT = "model_dir"  # the artifact name pyfunc_model.py loads
+# Declared so that ``max_new_tokens`` is accepted at predict time (MLflow drops undeclared params).
+_SIGNATURE = infer_signature(["Q: sort 3 1 2 A:"], [" 1 2 3"], params={"max_new_tokens": 32})
+_REQUIREMENTS = ["mlflow", "torch", "transformers", "tokenizers", "safetensors"]
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    version: str
+    run_id: str
+    created: bool  # False when this artifact was already registered
+    gate_passed: bool
+
+
+def gate_tags(report: EvaluationReport) -> dict[str, str]:
+    tags = {
+        "gate.passed": "true" if report.decision.passed else "false",
+        "gate.reasons": "\n".join(report.decision.reasons)[:4000],
+        "gate.champion_version": report.champion_version or "none",
+        "eval.data_version": str(report.data_version),
+        "eval.examples": str(report.examples),
+    }
+    tags.update({f"eval.{k}": f"{v:.6g}" for k, v in report.challenger.as_dict().items()})
+    return tags
+
+
+def _ensure_registered_model(client: RegistryClient) -> None:
+    name = client.config.model_name
+    try:
+        client.call("get_registered_model", client.mlflow.get_registered_model, name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        try:
+            client.call("create_registered_model", client.mlflow.create_registered_model, name)
+        except MlflowException as race:  # another registration created it meanwhile
+            if race.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+
+
+def _experiment_id(client: RegistryClient) -> str:
+    cfg = client.config
+    found = client.call(
+        "get_experiment_by_name", client.mlflow.get_experiment_by_name, cfg.experiment
+    )
+    if found is not None:
+        return found.experiment_id
+    location = None if cfg.is_http or not cfg.artifact_root else Path(cfg.artifact_root).as_uri()
+    try:
+        return client.call(
+            "create_experiment", client.mlflow.create_experiment, cfg.experiment, location
+        )
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.mlflow.get_experiment_by_name(cfg.experiment).experiment_id
+
+
+def find_version_by_digest(client: RegistryClient, digest: str) -> str | None:
+    name = client.config.model_name
+    found = client.call(
+        "search_model_versions",
+        client.mlflow.search_model_versions,
+        f"name = '{name}' and tags.`lineage.model_sha256` = '{digest}'",
+    )
+    return min((mv.version for mv in found), key=int, default=None)
+
+
+def _run_tags(lineage: Lineage):
+    from mlflow.entities import RunTag
+
+    return [RunTag(k, v) for k, v in lineage.tags().items()]
+
+
+def _training_run(client: RegistryClient, model_dir: Path) -> str | None:
+    """The MLflow run the trainer logged to (``mlflow_run.json`` beside the model), if it
+    lives in this registry's tracking store; evaluation and the model then join that run."""
+    state = model_dir.parent / "mlflow_run.json"
+    if not state.is_file():
+        return None
+    run_id = json.loads(state.read_text()).get("run_id")
+    if not run_id:
+        return None
+    try:
+        client.call("get_run", client.mlflow.get_run, run_id)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    return run_id
+
+
+def _log_run(client: RegistryClient, model_dir: Path, report: EvaluationReport, lineage: Lineage):
+    """Log params, metrics and the model to the training run (or a new run when the trainer
+    logged to no MLflow run here); return (run_id, model_uri)."""
+    summary_path = model_dir / "training_summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    params = {f"train.{k}": str(v)[:500] for k, v in summary.items() if not isinstance(v, dict)}
+    mlflow.set_tracking_uri(client.config.tracking_uri)
+    mlflow.set_registry_uri(client.config.tracking_uri)
+    run_id = _training_run(client, model_dir)
+    if run_id is None:
+        run = client.call(
+            "create_run", client.mlflow.create_run, _experiment_id(client), tags=lineage.tags()
+        )
+        run_id = run.info.run_id
+    else:
+        client.call("set_tags", client.mlflow.log_batch, run_id, tags=_run_tags(lineage))
+    with mlflow.start_run(run_id=run_id):
+        client.call("log_params", mlflow.log_params, params)
+        client.call("log_metrics", mlflow.log_metrics, report.metrics())
+        client.call("log_text", mlflow.log_text, report.markdown(), "evaluation.md")
+        info = client.call(
+            "log_model",
+            mlflow.pyfunc.log_model,
+            name="model",
+            python_model=str(_PYFUNC_SOURCE),
+            artifacts={MODEL_DIR_ARTIFACT: str(model_dir)},
+            pip_requirements=_REQUIREMENTS,
+            signature=_SIGNATURE,
+        )
+    return run_id, info.model_uri
+
+
+def register_version(
+    client: RegistryClient, model_dir: Path, report: EvaluationReport, lineage: Lineage
+) -> RegisteredVersion:
+    """Register ``model_dir`` (evaluated in ``report``) and set ``challenger`` if it passed."""
+    model_dir = Path(model_dir)
+    _ensure_registered_model(client)
+    name = client.config.model_name
+    version = find_version_by_digest(client, lineage.model_sha256)
+    created = version is None
+    if created:
+        run_id, model_uri = _log_run(client, model_dir, report, lineage)
+        mv = client.call(
+            "register_model", mlflow.register_model, model_uri, name, tags=lineage.tags()
+        )
+        version = mv.version
+    else:
+        run_id = client.call(
+            "get_model_version", client.mlflow.get_model_version, name, version
+        ).run_id
+    for key, value in {**lineage.tags(), **gate_tags(report)}.items():
+        client.call(
+            "set_model_version_tag", client.mlflow.set_model_version_tag, name, version, key, value
+        )
+    if report.decision.passed:
+        client.call(
+            "set_registered_model_alias",
+            client.mlflow.set_registered_model_alias,
+            name,
+            CHALLENGER,
+            version,
+        )
+    return RegisteredVersion(
+        version=str(version), run_id=run_id, created=created, gate_passed=report.decision.passed
+    )
+
+
+def download_model_dir(client: RegistryClient, ref: str, dst: Path) -> Path:
+    """Download the Hugging Face directory of ``ref`` (an alias or a version number)."""
+    name = client.config.model_name
+    uri = f"models:/{name}/{ref}" if ref.isdigit() else f"models:/{name}@{ref}"
+    version = ref
+    if not ref.isdigit():
+        found = client.call(
+            "get_model_version_by_alias", client.mlflow.get_model_version_by_alias, name, ref
+        )
+        version = str(found.version)
+    # Resolve through our client: a `models:/` URI handed to download_artifacts would be
+    # looked up in the process-wide registry URI, not the one this client is configured with.
+    source = client.call(
+        "get_model_version_download_uri",
+        client.mlflow.get_model_version_download_uri,
+        name,
+        version,
+    )
+    dst.mkdir(parents=True, exist_ok=True)
+    local = client.call(
+        "download_artifacts",
+        mlflow.artifacts.download_artifacts,
+        artifact_uri=source,
+        dst_path=str(dst),
+        tracking_uri=client.config.tracking_uri,
+    )
+    matches = sorted(Path(local).glob("**/config.json"))
+    if not matches:
+        raise FileNotFoundError(f"{uri} downloaded to {local} holds no Hugging Face config.json")
+    return matches[0].parent

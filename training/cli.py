@@ -1,0 +1,126 @@
+"""Command line of the training program, meant to be started by torchrun.
+
+    torchrun --nproc-per-node 2 [--max-restarts 3] -m training --data LAKE/corpus \\
+        --output DIR --max-steps 300 --checkpoint-every 50 --seed 0 [--engine ddp|deepspeed] \\
+        [--config FILE] [--mlflow URI]
+
+Launchers (the Dagster asset, operators' scripts) set ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``:
+with torchrun sharing its rendezvous TCP store with the workers, the automatic restart
+after a crashed worker fails most of the time on CPU (gloo "connectFullMesh failed").
+Refusals (bad input, an incompatible checkpoint) print one ``error:`` line on stderr and
+exit with a non-zero code; nothing in the output directory is changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from training.config import ENGINES, load_config
+from training.errors import IncompatibleCheckpointError, TrainingInputError
+from training.train import Dist, PeerError, RunArgs, Trainer, env_dist
+
+#: Collectives wait at most this long (checkpoint writes and tokenizer training included).
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, required=True, help="corpus Delta table")
+    p.add_argument(
+        "--output", type=Path, required=True, help="run directory (checkpoints, model, logs)"
+    )
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--engine", choices=ENGINES, default=None)
+    p.add_argument("--config", type=Path, default=None, help="JSON or YAML training config")
+    p.add_argument(
+        "--mlflow", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)"
+    )
+    return p.parse_args(argv)
+
+
+def setup_logging(output: Path, d: Dist) -> None:
+    logs = output / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter(
+        f"%(asctime)s rank{d.rank} restart{d.restart} pid{os.getpid()} %(levelname)s %(name)s: %(message)s"
+    )
+    root = logging.getLogger("training")
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    file_handler = logging.FileHandler(logs / f"rank{d.rank}.log", mode="a", encoding="utf-8")
+    file_handler.setFormatter(fmt)
+    root.addHandler(file_handler)
+    console = logging.StreamHandler(sys.stdout if d.rank == 0 else sys.stderr)
+    console.setFormatter(
+        logging.Formatter("%(message)s" if d.rank == 0 else f"rank{d.rank}: %(message)s")
+    )
+    console.setLevel(logging.INFO if d.rank == 0 else logging.WARNING)
+    root.addHandler(console)
+
+
+def init_process_group(d: Dist) -> None:
+    backend = "nccl" if d.device.type == "cuda" else "gloo"
+    if "MASTER_ADDR" in os.environ:
+        dist.init_process_group(
+            backend,
+            timeout=COLLECTIVE_TIMEOUT,
+            device_id=d.device if d.device.type == "cuda" else None,
+        )
+    else:  # a single process started without torchrun
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    d = env_dist()
+    if d.device.type == "cpu":
+        # transformers imports DeepSpeed when saving; tell it there is no GPU to probe for.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    try:
+        cfg = load_config(
+            args.config,
+            max_steps=args.max_steps,
+            checkpoint_every=args.checkpoint_every,
+            seed=args.seed,
+            engine=args.engine,
+        )
+    except ValueError as exc:
+        if d.rank == 0:
+            print(f"error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(args.output, d)
+    log = logging.getLogger("training")
+    log.info(
+        "rank %d/%d pid %d restart %d device %s",
+        d.rank,
+        d.world_size,
+        os.getpid(),
+        d.restart,
+        d.device,
+    )
+    if d.device.type == "cpu" and os.environ.get("OMP_NUM_THREADS") is None:
+        torch.set_num_threads(
+            max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+        )
+    init_process_group(d)
+    try:
+        Trainer(RunArgs(args.data, args.output, cfg, args.mlflow), d).run()
+    except (TrainingInputError, IncompatibleCheckpointError, PeerError) as exc:
+        if d.rank == 0:
+            print(f"error: {exc}", file=sys.stderr)
+        log.error("refused: %s", exc)
+        return exc.exit_code
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
