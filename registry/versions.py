@@ -15,6 +15,8 @@ again finds that version instead of creating a second one; the tags and alias ar
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,7 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 from registry.client import RegistryClient
-from registry.lineage import Lineage
+from registry.lineage import Lineage, model_digest
 
 if TYPE_CHECKING:  # keeps torch out of the CLI's and the promotion path's imports
     from evaluation.report import EvaluationReport
@@ -221,3 +223,39 @@ def download_model_dir(client: RegistryClient, ref: str, dst: Path) -> Path:
     if not matches:
         raise FileNotFoundError(f"{uri} downloaded to {local} holds no Hugging Face config.json")
     return matches[0].parent
+
+
+class ModelIntegrityError(RuntimeError):
+    """A downloaded model directory does not match the digest its version was registered with."""
+
+
+def _hf_dir(root: Path) -> Path | None:
+    found = sorted(root.glob("**/config.json")) if root.is_dir() else []
+    return found[0].parent if found else None
+
+
+def fetch_model_dir(client: RegistryClient, version: str, models_root: Path) -> Path:
+    """The Hugging Face directory of ``version`` under ``models_root/<version>``."""
+    expected = client.version_tags(version).get("lineage.model_sha256")
+    target = models_root / version
+    existing = _hf_dir(target)
+    if existing is not None and (not expected or model_digest(existing) == expected):
+        return existing
+    models_root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=models_root))
+    try:
+        fetched = download_model_dir(client, version, staging)
+        if expected and model_digest(fetched) != expected:
+            raise ModelIntegrityError(
+                f"version {version} downloaded to {fetched} has digest "
+                f"{model_digest(fetched)}, but lineage.model_sha256 is {expected}; the artifact "
+                "store holds a different or damaged copy: re-register the model"
+            )
+        inner = fetched.relative_to(staging)
+        if target.exists():  # a damaged copy; nothing can be serving a wrong digest for long
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target / inner

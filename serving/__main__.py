@@ -1,4 +1,7 @@
-"""``python -m serving up --model DIR | status | down``: the local serving stack.
+"""``python -m serving up [--model DIR] | status | down``: the local serving stack.
+
+``up`` without ``--model`` serves the registry's current ``champion`` (downloaded once to
+``$MLOPS_HOME/serving/models/<version>/`` and checked against its registered digest).
 
 ``supervise`` is the supervisor process itself, started by ``up``; it is not meant to be
 run by hand. ``MLOPS_HOME`` (default ``./.mlops``) is read here, at run time.
@@ -18,12 +21,31 @@ from serving.engine.launcher import EngineUnavailable
 from serving.supervisor import StackPaths, Supervisor
 
 
+def champion_dir(home: Path) -> Path:
+    """The champion's model directory, fetched from the registry (which imports MLflow)."""
+    from registry import CHAMPION, RegistryClient, RegistryConfig, RegistryError
+    from registry.versions import fetch_model_dir
+
+    client = RegistryClient(RegistryConfig.resolve(home))
+    try:
+        version = client.aliases().get(CHAMPION)
+        if version is None:
+            raise stack.StackError(
+                "the registry has no champion yet: run the main job first, or pass --model DIR"
+            )
+        return fetch_model_dir(client, version, home / "serving" / "models")
+    except RegistryError as exc:
+        raise stack.StackError(str(exc)) from exc
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__.splitlines()[0])
     parser.add_argument("--home", type=Path, default=None, help="MLOPS_HOME (default: env)")
     commands = parser.add_subparsers(dest="command", required=True)
     start = commands.add_parser("up", help="start gateway + engine for the champion model dir")
-    start.add_argument("--model", type=Path, required=True)
+    start.add_argument(
+        "--model", type=Path, default=None, help="model directory (default: the champion)"
+    )
     start.add_argument("--gateway-port", type=int, default=None)
     start.add_argument("--engine", choices=["embedded", "vllm"], default="embedded")
     start.add_argument("--timeout-s", type=float, default=180.0)
@@ -42,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         if args.command == "up":
-            result = stack.up(home, args.model, args.gateway_port, args.engine, args.timeout_s)
+            model = args.model or champion_dir(home)
+            result = stack.up(home, model, args.gateway_port, args.engine, args.timeout_s)
         elif args.command == "status":
             result = stack.status(home)
         else:

@@ -30,6 +30,7 @@ from orchestration.defs.registry.resources import MlflowResource
 from orchestration.jobs import ROLLOUT_TAGS
 from orchestration.resources import MlopsHome
 from registry import CHALLENGER, CHAMPION, RegistryError, promote
+from registry.versions import ModelIntegrityError, fetch_model_dir
 from serving.canary import (
     CanaryConfig,
     CanaryController,
@@ -45,10 +46,8 @@ from serving.stack import ROUTE, StackError, engine_name
 from .resources import ServingStack
 from .rollout import (
     ROLLBACK_REASON_TAG,
-    ModelIntegrityError,
     ProbeDataError,
     RolloutRecord,
-    fetch_model_dir,
     load_probes,
     now,
     record_rollback,

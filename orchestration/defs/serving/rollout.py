@@ -1,10 +1,5 @@
 """What the ``deployment`` asset and the canary health sensor share, free of Dagster.
 
-* :func:`fetch_model_dir`: a registered version's Hugging Face directory under
-  ``$MLOPS_HOME/serving/models/<version>/``. Downloaded once and reused afterwards, because a
-  live engine serves straight from it; a reused or fresh copy must match the version's
-  ``lineage.model_sha256`` tag, so a torn download is never served. A new copy is staged
-  beside the target and renamed into place.
 * :func:`load_probes`: held-out tasks of the data version the challenger was evaluated on
   (the same split rule and order as evaluation), falling back to the latest corpus.
 * :class:`RolloutRecord`: ``$MLOPS_HOME/serving/rollout.json`` names the registry version a
@@ -19,13 +14,10 @@
 from __future__ import annotations
 
 import datetime as dt
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from registry import RegistryClient, download_model_dir
-from registry.lineage import model_digest
+from registry import RegistryClient
 from serving.canary import CanaryResult, Probe
 from serving.gateway.state import StateStore
 from serving.supervisor import StackPaths, read_json
@@ -33,44 +25,8 @@ from serving.supervisor import StackPaths, read_json
 ROLLBACK_REASON_TAG = "rollback.reason"  # the tag ``registry.promote`` refuses without a force
 
 
-class ModelIntegrityError(RuntimeError):
-    """A downloaded model directory does not match the digest its version was registered with."""
-
-
 class ProbeDataError(ValueError):
     """No corpus table could provide the held-out probe tasks."""
-
-
-def _hf_dir(root: Path) -> Path | None:
-    found = sorted(root.glob("**/config.json")) if root.is_dir() else []
-    return found[0].parent if found else None
-
-
-def fetch_model_dir(client: RegistryClient, version: str, models_root: Path) -> Path:
-    """The Hugging Face directory of ``version`` under ``models_root/<version>``."""
-    expected = client.version_tags(version).get("lineage.model_sha256")
-    target = models_root / version
-    existing = _hf_dir(target)
-    if existing is not None and (not expected or model_digest(existing) == expected):
-        return existing
-    models_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=models_root))
-    try:
-        fetched = download_model_dir(client, version, staging)
-        if expected and model_digest(fetched) != expected:
-            raise ModelIntegrityError(
-                f"version {version} downloaded to {fetched} has digest "
-                f"{model_digest(fetched)}, but lineage.model_sha256 is {expected}; the artifact "
-                "store holds a different or damaged copy: re-register the model"
-            )
-        inner = fetched.relative_to(staging)
-        if target.exists():  # a damaged copy; nothing can be serving a wrong digest for long
-            shutil.rmtree(target)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target / inner
 
 
 def load_probes(tags: dict[str, str], fallback_corpus: Path, count: int) -> list[Probe]:

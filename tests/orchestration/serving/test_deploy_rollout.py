@@ -18,6 +18,8 @@ of the held-out tasks exactly) or untrained (answers none).
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -35,10 +37,11 @@ from ingestion.sample import generate_records
 from orchestration.defs import serving as serving_domain
 from orchestration.defs.registry import MlflowResource
 from orchestration.defs.serving import ServingStack
-from orchestration.defs.serving.rollout import RolloutRecord, fetch_model_dir
+from orchestration.defs.serving.rollout import RolloutRecord
 from orchestration.defs.serving.sensors import canary_health_sensor
 from orchestration.resources import MlopsHome
 from registry import CHALLENGER, CHAMPION, PREVIOUS, lineage_of, register_version
+from registry.versions import fetch_model_dir
 from serving import stack
 from serving.stack import ROUTE, engine_name
 
@@ -257,3 +260,20 @@ def test_sensor_rolls_back_a_killed_canary_left_by_a_crashed_rollout(env):
     reason = client.version_tags(version)["rollback.reason"]
     assert reason.startswith("canary_health_sensor: ") and canary in reason
     assert client.aliases()[CHAMPION] == "2"
+
+
+def test_serving_up_without_model_serves_the_champion_after_down(env):
+    """`python -m serving up` with no --model brings back the registry's champion."""
+    home = env["home"]
+    champion = env["client"].aliases()[CHAMPION]
+    assert stack.down(home)
+    result = subprocess.run(
+        [sys.executable, "-m", "serving", "--home", str(home), "up", "--timeout-s", "120"],
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    model_dir, text = served(env)
+    assert Path(model_dir).is_relative_to(home / "serving" / "models" / champion)
+    assert text.strip()
