@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 
@@ -74,3 +77,21 @@ def status_error_response(status: int, message: str) -> Response:
     }
     body = error_body(status, message, kinds.get(status, "internal_error"), code=str(status))
     return Response(body, status_code=status, media_type="application/json")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every error an OpenAI-compatible app can raise to the OpenAI error shape."""
+
+    @app.exception_handler(ServingError)
+    async def _serving_error(_: Request, exc: ServingError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        return error_response(InvalidRequest(f"invalid request: {first.get('msg', exc)}", param))
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_: Request, exc: HTTPException) -> Response:
+        return status_error_response(exc.status_code, str(exc.detail))

@@ -14,8 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -24,17 +23,15 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from serving.engine import api
 from serving.engine.chat_template import render_chat
 from serving.engine.protocol import ChoiceDelta, Engine, SamplingParams, Usage
 from serving.errors import (
-    InvalidRequest,
     NotFound,
     ServingError,
-    error_response,
+    install_error_handlers,
     status_error_response,
 )
 
@@ -92,19 +89,7 @@ def create_app(
     app = FastAPI(title="sovereign-mlops engine", docs_url=None, redoc_url=None)
     created = int(time.time())
 
-    @app.exception_handler(ServingError)
-    async def _serving_error(_: Request, exc: ServingError) -> Response:
-        return error_response(exc)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
-        first = exc.errors()[0] if exc.errors() else {}
-        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-        return error_response(InvalidRequest(f"invalid request: {first.get('msg', exc)}", param))
-
-    @app.exception_handler(HTTPException)
-    async def _http_error(_: Request, exc: HTTPException) -> Response:
-        return status_error_response(exc.status_code, str(exc.detail))
+    install_error_handlers(app)
 
     @app.get("/health")
     async def health() -> Response:

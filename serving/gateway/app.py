@@ -19,10 +19,8 @@ from pathlib import Path
 
 import httpx2 as httpx
 from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
-from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
 from serving.errors import (
@@ -30,7 +28,7 @@ from serving.errors import (
     ServingError,
     Unauthorized,
     error_response,
-    status_error_response,
+    install_error_handlers,
 )
 from serving.gateway.metrics import GatewayMetrics
 from serving.gateway.proxy import Proxy
@@ -92,19 +90,7 @@ def create_app(config: GatewayConfig) -> GatewayASGI:
     app = FastAPI(title="sovereign-mlops gateway", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.table = table
 
-    @app.exception_handler(ServingError)
-    async def _serving_error(_: Request, exc: ServingError) -> Response:
-        return error_response(exc)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
-        first = exc.errors()[0] if exc.errors() else {}
-        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-        return error_response(InvalidRequest(f"invalid request: {first.get('msg', exc)}", param))
-
-    @app.exception_handler(HTTPException)
-    async def _http_error(_: Request, exc: HTTPException) -> Response:
-        return status_error_response(exc.status_code, str(exc.detail))
+    install_error_handlers(app)
 
     @app.get("/health")
     async def health() -> Response:
