@@ -90,6 +90,15 @@ def corpus_version(lake_dir: Path) -> int | None:
     return table_version(Path(lake_dir) / "corpus")
 
 
+def corpus_rows(lake_dir: Path, version: int | None = None) -> int:
+    """Rows of the corpus at a data version, from the Delta log alone (no data file is read)."""
+    table = _open(Path(lake_dir) / "corpus", version)
+    if table is None:
+        raise FileNotFoundError(f"no corpus table under {lake_dir}; run ingestion first")
+    actions = pa.table(table.get_add_actions(flatten=True))  # an arro3 table: convert
+    return int(pc.sum(actions.column("num_records")).as_py() or 0)
+
+
 def read_table(
     path: Path, version: int | None = None, columns: list[str] | None = None
 ) -> pa.Table:

@@ -1,4 +1,4 @@
-"""Operations: the nightly retrain schedule and alerts on failed runs."""
+"""Operations: retrain triggers (nightly schedule, new data) and alerts on failed runs."""
 
 import os
 
@@ -6,6 +6,8 @@ import dagster as dg
 
 from orchestration.alerts import Alert, LogNotifier, Notifier, WebhookNotifier, record_and_notify
 from orchestration.resources import MlopsHome
+
+from .retrain import RetrainPolicy, retrain_on_new_data
 
 
 class AlertsResource(dg.ConfigurableResource):
@@ -51,7 +53,7 @@ nightly_retrain = dg.ScheduleDefinition(
 )
 
 defs = dg.Definitions(
-    sensors=[run_failure_alerts],
+    sensors=[run_failure_alerts, retrain_on_new_data],
     schedules=[nightly_retrain],
-    resources={"alerts": AlertsResource()},
+    resources={"alerts": AlertsResource(), "retrain_policy": RetrainPolicy()},
 )
