@@ -6,16 +6,21 @@ The training loop calls one ``Tracker``; without MLflow or Pipes it is the do-no
 output directory so a restarted rank 0 keeps logging into the same MLflow run. Under
 Dagster Pipes (``DAGSTER_PIPES_CONTEXT`` in the environment) a restarted rank 0 opens the
 Pipes context again: messages go to the same channel, and the materialization is
-reported once, when the run finishes.
+reported once, when the run finishes. When either is on, rank 0 also draws the loss curve
+(``OUTPUT/loss_curve.png``, see ``training.loss_curve``) before the others finish, and the
+MLflow run gets it as an artifact; the Dagster asset inlines it in its metadata.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 from pathlib import Path
 from typing import Any, Protocol
+
+from training import loss_curve
 
 log = logging.getLogger("training.tracking")
 
@@ -62,10 +67,26 @@ class FanOut:
             t.finish(summary)
 
 
+class LossCurveWriter(NullTracker):
+    """Draws the loss curve PNG when training finishes; a failure to draw never fails training."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        history = summary.get("loss_history") or []
+        try:
+            loss_curve.render(history, self.path)
+        except Exception as exc:  # a missing plot library or empty history is not fatal
+            log.warning("loss curve not drawn to %s: %s", self.path, exc)
+
+
 class MlflowTracker:
     """Logs params and metrics to one MLflow run that survives worker restarts."""
 
-    def __init__(self, uri: str, experiment: str, state_file: Path) -> None:
+    def __init__(
+        self, uri: str, experiment: str, state_file: Path, curve_file: Path | None = None
+    ) -> None:
         # Bounded: a slow tracking server costs at most a few seconds per call, never the run.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
@@ -73,7 +94,14 @@ class MlflowTracker:
 
         self.mlflow = mlflow
         self.state_file = state_file
+        self.curve_file = curve_file
         mlflow.set_tracking_uri(uri)
+        location = _local_artifact_root(uri)
+        if location and mlflow.get_experiment_by_name(experiment) is None:
+            # MLflow's default would be ./mlruns under whatever directory training runs in.
+            # Another run may create it meanwhile; set_experiment below then picks that up.
+            with contextlib.suppress(mlflow.exceptions.MlflowException):
+                mlflow.create_experiment(experiment, artifact_location=location)
         mlflow.set_experiment(experiment)
 
     def start(self, params: dict[str, Any]) -> None:
@@ -96,7 +124,20 @@ class MlflowTracker:
 
     def finish(self, summary: dict[str, Any]) -> None:
         self.mlflow.set_tags({"training.output_model": str(summary.get("model_path", ""))})
+        if self.curve_file is not None and self.curve_file.is_file():
+            try:
+                self.mlflow.log_artifact(str(self.curve_file))
+            except Exception as exc:  # the model is already written; the plot is a nicety
+                log.warning("MLflow artifact upload of %s failed: %s", self.curve_file, exc)
         self.mlflow.end_run()
+
+
+def _local_artifact_root(uri: str) -> str | None:
+    """``artifacts/`` next to a SQLite tracking database, as the registry lays it out."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    return (Path(uri[len(prefix) :]).resolve().parent / "artifacts").as_uri()
 
 
 class PipesTracker:
@@ -145,11 +186,14 @@ def build_tracker(rank: int, mlflow_uri: str | None, output: Path) -> Tracker:
     if rank != 0:
         return NullTracker()
     trackers: list[Tracker] = []
+    curve = loss_curve.curve_path(output)
     uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
-        trackers.append(MlflowTracker(uri, "sovereign-lm-training", output / "mlflow_run.json"))
+        state = output / "mlflow_run.json"
+        trackers.append(MlflowTracker(uri, "sovereign-lm-training", state, curve_file=curve))
     if os.environ.get("DAGSTER_PIPES_CONTEXT"):
         trackers.append(PipesTracker())
     if not trackers:
-        return NullTracker()
-    return trackers[0] if len(trackers) == 1 else FanOut(trackers)
+        return LossCurveWriter(curve)  # every run leaves its curve beside its checkpoints
+    # First, so the curve exists when the MLflow run and the Dagster materialization close.
+    return FanOut([LossCurveWriter(curve), *trackers])

@@ -90,6 +90,8 @@ def test_materialize_with_rank0_killed_reports_metadata(
     assert meta["data_version"] == deltalake.DeltaTable(str(corpus)).version()
     assert meta["steps"] == 60 and meta["restarts"] == 1
     assert meta["final_loss"] > 0 and meta["tokens_per_s"] > 0 and meta["wall_time_s"] > 0
+    assert meta["loss_curve"].startswith("![loss curve](data:image/png;base64,")
+    assert meta["loss_curve_path"] == str(output / "loss_curve.png")
     messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
     assert any("training started (restart 0)" in m for m in messages)
     assert any("training started (restart 1)" in m for m in messages), "restarted rank 0 is silent"

@@ -1,19 +1,19 @@
 """Contract: rank 0 logs params and metrics to MLflow when asked, into one run across restarts.
 
-Without MLflow or Pipes configured the tracker is the do-nothing ``NullTracker``.
+Without MLflow or Pipes configured rank 0 only draws its loss curve; other ranks track nothing.
 """
 
 from __future__ import annotations
 
 import json
 
-from training.tracking import NullTracker, build_tracker
+from training.tracking import LossCurveWriter, NullTracker, build_tracker
 
 
-def test_no_backend_means_the_null_tracker(tmp_path, monkeypatch):
+def test_no_backend_means_only_the_loss_curve(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("DAGSTER_PIPES_CONTEXT", raising=False)
-    assert isinstance(build_tracker(0, None, tmp_path), NullTracker)
+    assert isinstance(build_tracker(0, None, tmp_path), LossCurveWriter)
     assert isinstance(build_tracker(1, "sqlite:///x.db", tmp_path), NullTracker)  # rank 0 only
 
 

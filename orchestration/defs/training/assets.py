@@ -2,18 +2,22 @@
 
 The asset is a thin launcher: ``training`` (the torchrun program) does the work and
 reports back through Dagster Pipes (progress lines as logs; model path, data version,
-steps, final loss, throughput and wall time as materialization metadata). The output
+steps, final loss, throughput and wall time as materialization metadata). The loss curve
+that rank 0 draws is added here, inline as a markdown image plus its path, so the Dagster
+UI shows it without the large image travelling through the Pipes channel. The output
 directory is ``$MLOPS_HOME/training/<run_id>/``, so a retry of the same run (the
 ``RetryPolicy`` below) resumes from that run's checkpoints instead of starting over,
 while a new run trains a new model. Safe to re-run: nothing outside that directory is
 written, and a finished directory is only re-exported.
 """
 
+from pathlib import Path
 from typing import Literal
 
 import dagster as dg
 
 from orchestration.resources import MlopsHome
+from training import loss_curve
 
 from .resources import TrainingLauncher
 
@@ -65,4 +69,26 @@ def trained_model(
         config_file=config.config_file,
     )
     context.log.info(f"launching: {' '.join(command)}")
-    return trainer.client().run(command=command, context=context).get_materialize_result()
+    result = trainer.client().run(command=command, context=context).get_materialize_result()
+    extra = loss_curve_metadata(loss_curve.curve_path(output))
+    if not extra:
+        context.log.warning(f"no loss curve at {loss_curve.curve_path(output)}")
+    return dg.MaterializeResult(
+        asset_key=result.asset_key,
+        metadata={**(result.metadata or {}), **extra},
+        check_results=result.check_results,
+        data_version=result.data_version,
+        tags=result.tags,
+    )
+
+
+def loss_curve_metadata(path: Path) -> dict[str, dg.MetadataValue]:
+    """The loss curve PNG at ``path`` as asset metadata; empty when there is no usable PNG."""
+    try:
+        image = loss_curve.markdown_image(path)
+    except (OSError, ValueError):
+        return {}
+    return {
+        "loss_curve": dg.MetadataValue.md(image),
+        "loss_curve_path": dg.MetadataValue.path(str(path)),
+    }
