@@ -17,6 +17,7 @@ from typing import Literal
 import dagster as dg
 
 from orchestration.resources import MlopsHome
+from registry.config import RegistryConfig
 from training import loss_curve
 
 from .resources import TrainingLauncher
@@ -67,6 +68,9 @@ def trained_model(
         engine=config.engine,
         max_restarts=config.max_restarts,
         config_file=config.config_file,
+        # The training run's metrics and loss curve land in the same MLflow store as the
+        # registry, so a model version links to the run that made it.
+        mlflow_uri=RegistryConfig.resolve(mlops.root()).tracking_uri,
     )
     context.log.info(f"launching: {' '.join(command)}")
     result = trainer.client().run(command=command, context=context).get_materialize_result()

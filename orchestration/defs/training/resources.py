@@ -31,7 +31,7 @@ class TrainingLauncher(dg.ConfigurableResource):
     timeout_s: int = 6 * 3600
     """Wall-clock limit of one launch (all restarts included)."""
     mlflow_tracking_uri: str | None = None
-    """Where rank 0 logs metrics; empty leaves MLFLOW_TRACKING_URI of the environment in charge."""
+    """Where rank 0 logs metrics; empty: the registry's tracking URI, as the asset resolves it."""
     omp_num_threads: int | None = None
     """Threads per worker; empty lets torchrun choose (1 per worker when several share a host)."""
 
@@ -50,6 +50,7 @@ class TrainingLauncher(dg.ConfigurableResource):
         engine: str,
         max_restarts: int,
         config_file: str | None = None,
+        mlflow_uri: str | None = None,
     ) -> list[str]:
         cmd = [
             self.executable(),
@@ -75,8 +76,8 @@ class TrainingLauncher(dg.ConfigurableResource):
         ]
         if config_file:
             cmd += ["--config", config_file]
-        if self.mlflow_tracking_uri:
-            cmd += ["--mlflow", self.mlflow_tracking_uri]
+        if self.mlflow_tracking_uri or mlflow_uri:
+            cmd += ["--mlflow", self.mlflow_tracking_uri or mlflow_uri]
         timeout = shutil.which("timeout")
         if timeout:
             cmd = [timeout, "--signal=TERM", "--kill-after=60", str(self.timeout_s), *cmd]
