@@ -25,4 +25,5 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 test: lint
+	@bash scripts/ensure_chromium.sh
 	$(BIN)/python -m pytest
