@@ -111,6 +111,15 @@ def evaluation(
         raise registry_failure(exc) from exc
     path = report.write(workdir / "report.json")
     context.log.info(report.markdown())
+    # the champion's figures as numbers too, so the UI plots both models run over run
+    champion_metrics = (
+        {
+            "champion_exact_match": report.champion.exact_match,
+            "champion_perplexity": report.champion.perplexity,
+        }
+        if report.champion
+        else {}
+    )
     return dg.MaterializeResult(
         metadata={
             "report_path": str(path),
@@ -121,6 +130,7 @@ def evaluation(
             "exact_match": report.challenger.exact_match,
             "perplexity": report.challenger.perplexity,
             "champion_version": champion or "none",
+            **champion_metrics,
             "comparison": dg.MetadataValue.md(report.markdown()),
         }
     )

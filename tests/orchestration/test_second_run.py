@@ -1,0 +1,192 @@
+"""Contract: the main job ``train_and_deploy`` keeps the best model serving across runs.
+
+Three runs of the real CLI (``dagster job execute -m orchestration.definitions -j
+train_and_deploy``) on one ``MLOPS_HOME`` / ``DAGSTER_HOME`` (SQLite Dagster instance, embedded
+MLflow store, serving stack on loopback), in order:
+
+1. the sample corpus (seed 0), default training: there is no champion, so v1 is served and
+   promoted directly;
+2. a new batch (seed 1) lands; training with twice the steps: the challenger v2 is trained on
+   the new data version, evaluated against v1 on the same held-out examples (the
+   ``evaluation`` materialization carries both models' figures), passes the canary and becomes
+   champion; the gateway serves v2's engine and answers through the ``openai`` client;
+3. the same data, one training step: the challenger v3 fails the evaluation gate. The blocking
+   ``gate`` check fails, so ``deployment`` is skipped and the Dagster run fails (the CLI exits
+   non-zero): a main-job run that delivers no model is an outcome the operator is alerted to.
+   v3 is registered (with ``gate.passed=false``) but never becomes challenger; champion v2
+   keeps serving.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import deltalake
+import pytest
+from openai import OpenAI
+
+from ingestion.sample import format_record, write_landing
+from registry import CHALLENGER, CHAMPION, PREVIOUS, RegistryClient, RegistryConfig
+from registry.versions import fetch_model_dir
+from serving.gateway.client import GatewayAdmin
+from serving.stack import ROUTE, admin_token, engine_name, status
+
+pytestmark = pytest.mark.slow
+
+RECORDS_PER_BATCH = 2000
+PROMPT = format_record("what comes after 41?", "").rstrip()
+# Short canary windows: the rollout logic is the same, the demo's 5 s holds only cost time.
+FAST_CANARY = "  deployment:\n    config:\n      steps: [50.0, 100.0]\n      window_s: 1.0\n"
+
+
+def run_config(tmp: Path, name: str, max_steps: int | None) -> Path:
+    text = "ops:\n" + FAST_CANARY
+    if max_steps is not None:
+        text += f"  trained_model:\n    config:\n      max_steps: {max_steps}\n"
+    path = tmp / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def execute(stack, config: Path) -> tuple[subprocess.CompletedProcess[str], dg.DagsterRun]:
+    proc = stack.dagster(
+        "job",
+        "execute",
+        "-m",
+        "orchestration.definitions",
+        "-j",
+        "train_and_deploy",
+        "-c",
+        str(config),
+    )
+    with dg.DagsterInstance.from_config(str(stack.dagster_home)) as instance:
+        runs = instance.get_runs(dg.RunsFilter(job_name="train_and_deploy"), limit=1)
+    assert runs, f"no run recorded; CLI said:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc, runs[0]
+
+
+def run_events(stack, run_id: str) -> tuple[dict[str, dict], dict[str, dg.AssetCheckEvaluation]]:
+    """This run's materialization metadata by asset, and its check evaluations by check name."""
+    materialized, checks = {}, {}
+    with dg.DagsterInstance.from_config(str(stack.dagster_home)) as instance:
+        for kind, out in (
+            (dg.DagsterEventType.ASSET_MATERIALIZATION, materialized),
+            (dg.DagsterEventType.ASSET_CHECK_EVALUATION, checks),
+        ):
+            for record in instance.get_records_for_run(run_id, of_type=kind).records:
+                data = record.event_log_entry.dagster_event.event_specific_data
+                if kind == dg.DagsterEventType.ASSET_MATERIALIZATION:
+                    m = data.materialization
+                    out[m.asset_key.to_user_string()] = {k: v.value for k, v in m.metadata.items()}
+                else:
+                    out[data.check_name] = data
+    return materialized, checks
+
+
+def corpus_version(stack) -> int:
+    return deltalake.DeltaTable(str(stack.lake / "corpus")).version()
+
+
+def served_engine(stack) -> str:
+    """The engine the gateway routes ``sovereign-lm`` to, checked to take no canary traffic."""
+    gateway = status(stack.home)["gateway"]["url"]
+    route = GatewayAdmin(gateway, admin_token(stack.home)).state()["routes"][ROUTE]
+    assert not route.get("canary"), f"a canary is still routed: {route}"
+    return route["stable"]
+
+
+def engine_of(client: RegistryClient, stack, version: str) -> str:
+    return engine_name(fetch_model_dir(client, version, stack.home / "serving" / "models"))
+
+
+def complete(stack) -> str:
+    """One completion through the gateway with the unmodified ``openai`` client."""
+    state = status(stack.home)
+    assert state["running"], f"serving stack is not running: {state}"
+    client = OpenAI(
+        base_url=f"{state['gateway']['url']}/v1", api_key="unused", timeout=30, max_retries=2
+    )
+    answer = client.completions.create(model=ROUTE, prompt=PROMPT, max_tokens=8, temperature=0)
+    assert answer.choices and answer.usage.completion_tokens > 0, answer
+    return answer.choices[0].text
+
+
+def test_new_data_challenger_replaces_champion_and_a_worse_one_does_not(stack, tmp_path) -> None:
+    stack.env.pop("MLFLOW_TRACKING_URI", None)  # the registry is the embedded store under home
+    registry = RegistryClient(RegistryConfig.resolve(stack.home))
+    try:
+        # 1. first run: no champion, v1 promoted directly and served
+        write_landing(stack.landing, count=RECORDS_PER_BATCH, seed=0)
+        proc, run = execute(stack, run_config(tmp_path, "run1", None))
+        assert proc.returncode == 0 and run.status == dg.DagsterRunStatus.SUCCESS, proc.stderr
+        first_version = corpus_version(stack)
+        assert registry.aliases()[CHAMPION] == "1"
+        assert served_engine(stack) == engine_of(registry, stack, "1")
+        complete(stack)
+
+        # 2. new data lands; a better-trained challenger is evaluated, canaried and promoted
+        write_landing(stack.landing, count=RECORDS_PER_BATCH, seed=1)
+        proc, run = execute(stack, run_config(tmp_path, "run2", 600))
+        assert proc.returncode == 0 and run.status == dg.DagsterRunStatus.SUCCESS, proc.stderr
+        new_version = corpus_version(stack)
+        assert new_version > first_version
+        materialized, checks = run_events(stack, run.run_id)
+
+        tags = registry.version_tags("2")
+        assert tags["lineage.data_version"] == str(new_version)
+        assert tags["eval.data_version"] == str(new_version)
+        assert tags["lineage.training_run_id"] == run.run_id
+        assert tags["gate.champion_version"] == "1" and tags["gate.passed"] == "true"
+
+        evaluation = materialized["evaluation"]
+        assert evaluation["data_version"] == new_version
+        assert evaluation["champion_version"] == "1" and evaluation["gate_passed"] is True
+        comparison = evaluation["comparison"]
+        assert "| metric | challenger | champion (v1) |" in comparison
+        assert f"(data version {new_version})" in comparison
+        assert "- ok: exact_match" in comparison and "- ok: perplexity" in comparison
+        # both models scored on the same examples; twice the training is clearly better
+        assert evaluation["exact_match"] > evaluation["champion_exact_match"]
+        assert evaluation["perplexity"] < evaluation["champion_perplexity"]
+
+        deployment = materialized["deployment"]
+        assert deployment["decision"] == "promoted", deployment
+        assert (deployment["champion_before"], deployment["served_version"]) == ("1", "2")
+        assert checks["canary_passed"].passed and checks["gate"].passed
+        aliases = registry.aliases()
+        assert (aliases[CHAMPION], aliases.get(PREVIOUS)) == ("2", "1")
+        champion_engine = engine_of(registry, stack, "2")
+        assert served_engine(stack) == champion_engine
+        champion_answer = complete(stack)
+
+        # 3. a one-step challenger: the gate fails, the run fails, the champion keeps serving
+        proc, run = execute(stack, run_config(tmp_path, "run3", 1))
+        assert proc.returncode != 0 and run.status == dg.DagsterRunStatus.FAILURE
+        materialized, checks = run_events(stack, run.run_id)
+        evaluation = materialized["evaluation"]
+        assert evaluation["gate_passed"] is False and evaluation["champion_version"] == "2"
+        assert "**Gate FAILED**" in evaluation["comparison"]
+        assert (
+            f"FAIL: exact_match {evaluation['exact_match']:.4f} >= champion"
+            in evaluation["comparison"]
+        )
+        assert evaluation["exact_match"] < evaluation["champion_exact_match"]
+        assert evaluation["perplexity"] > evaluation["champion_perplexity"]
+        assert materialized["registered_model"]["model_version"] == "3"
+        assert checks["gate"].passed is False
+        assert "deployment" not in materialized and "canary_passed" not in checks
+        assert registry.version_tags("3")["gate.passed"] == "false"
+        aliases = registry.aliases()
+        assert (aliases[CHAMPION], aliases[CHALLENGER]) == ("2", "2")
+        assert served_engine(stack) == champion_engine
+        assert complete(stack) == champion_answer  # greedy decoding by the same model
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "serving", "--home", str(stack.home), "down"],
+            env=stack.env,
+            capture_output=True,
+            timeout=60,
+        )
