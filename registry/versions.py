@@ -15,8 +15,11 @@ again finds that version instead of creating a second one; the tags and alias ar
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -125,35 +128,61 @@ def _training_run(client: RegistryClient, model_dir: Path) -> str | None:
     return run_id
 
 
+_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@contextmanager
+def fluent_uris(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (``start_run``, ``log_model``) at ``uri`` for one block.
+
+    ``mlflow.set_tracking_uri`` / ``set_registry_uri`` also export ``MLFLOW_TRACKING_URI`` /
+    ``MLFLOW_REGISTRY_URI`` into ``os.environ``, so every process started afterwards (a
+    torchrun launch, a serving engine) would silently inherit this store. Both the fluent
+    URIs and the environment are put back as they were.
+    """
+    saved = {key: os.environ.get(key) for key in _URI_VARS}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
+        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _log_run(client: RegistryClient, model_dir: Path, report: EvaluationReport, lineage: Lineage):
     """Log params, metrics and the model to the training run (or a new run when the trainer
     logged to no MLflow run here); return (run_id, model_uri)."""
     summary_path = model_dir / "training_summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     params = {f"train.{k}": str(v)[:500] for k, v in summary.items() if not isinstance(v, dict)}
-    mlflow.set_tracking_uri(client.config.tracking_uri)
-    mlflow.set_registry_uri(client.config.tracking_uri)
-    run_id = _training_run(client, model_dir)
-    if run_id is None:
-        run = client.call(
-            "create_run", client.mlflow.create_run, _experiment_id(client), tags=lineage.tags()
-        )
-        run_id = run.info.run_id
-    else:
-        client.call("set_tags", client.mlflow.log_batch, run_id, tags=_run_tags(lineage))
-    with mlflow.start_run(run_id=run_id):
-        client.call("log_params", mlflow.log_params, params)
-        client.call("log_metrics", mlflow.log_metrics, report.metrics())
-        client.call("log_text", mlflow.log_text, report.markdown(), "evaluation.md")
-        info = client.call(
-            "log_model",
-            mlflow.pyfunc.log_model,
-            name="model",
-            python_model=str(_PYFUNC_SOURCE),
-            artifacts={MODEL_DIR_ARTIFACT: str(model_dir)},
-            pip_requirements=_REQUIREMENTS,
-            signature=_SIGNATURE,
-        )
+    with fluent_uris(client.config.tracking_uri):
+        run_id = _training_run(client, model_dir)
+        if run_id is None:
+            run = client.call(
+                "create_run", client.mlflow.create_run, _experiment_id(client), tags=lineage.tags()
+            )
+            run_id = run.info.run_id
+        else:
+            client.call("set_tags", client.mlflow.log_batch, run_id, tags=_run_tags(lineage))
+        with mlflow.start_run(run_id=run_id):
+            client.call("log_params", mlflow.log_params, params)
+            client.call("log_metrics", mlflow.log_metrics, report.metrics())
+            client.call("log_text", mlflow.log_text, report.markdown(), "evaluation.md")
+            info = client.call(
+                "log_model",
+                mlflow.pyfunc.log_model,
+                name="model",
+                python_model=str(_PYFUNC_SOURCE),
+                artifacts={MODEL_DIR_ARTIFACT: str(model_dir)},
+                pip_requirements=_REQUIREMENTS,
+                signature=_SIGNATURE,
+            )
     return run_id, info.model_uri
 
 
@@ -168,9 +197,10 @@ def register_version(
     created = version is None
     if created:
         run_id, model_uri = _log_run(client, model_dir, report, lineage)
-        mv = client.call(
-            "register_model", mlflow.register_model, model_uri, name, tags=lineage.tags()
-        )
+        with fluent_uris(client.config.tracking_uri):
+            mv = client.call(
+                "register_model", mlflow.register_model, model_uri, name, tags=lineage.tags()
+            )
         version = mv.version
     else:
         run_id = client.call(

@@ -6,6 +6,7 @@ champion loads back offline through ``models:/NAME@champion`` and generates."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from dataclasses import replace
@@ -41,8 +42,11 @@ def test_registration_tags_lineage_and_sets_challenger(client, variant, report_f
     model = variant(1)
     report = report_for(model)
     lineage = lineage_of(model, "dagster-run-42", str(corpus), 0)
+    environment = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     registered = register_version(client, model, report, lineage)
     assert registered.created and registered.gate_passed
+    # Processes started after a registration (torchrun, engines) must not inherit its store.
+    assert {k: os.environ.get(k) for k in environment} == environment
     tags = client.version_tags(registered.version)
     assert tags["lineage.data_version"] == "0"
     assert tags["lineage.data_path"] == str(corpus)
