@@ -22,9 +22,11 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import GenerationConfig, PreTrainedTokenizerFast
 
 from ingestion.sample import generate_records
+from training.config import ModelConfig
+from training.model import build_model
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 
@@ -92,20 +94,17 @@ def build_reference_model(out: Path, config: ReferenceModelConfig | None = None)
     torch.manual_seed(cfg.seed)
     lines = [r["text"] for r in generate_records(cfg.corpus_records, seed=cfg.seed + 1)]
     tokenizer = _train_tokenizer(lines, cfg.vocab_size)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tokenizer),
+    model = build_model(
+        ModelConfig(
             hidden_size=cfg.hidden_size,
+            num_layers=cfg.layers,
+            num_heads=cfg.heads,
+            num_kv_heads=cfg.heads,
             intermediate_size=cfg.hidden_size * 4,
-            num_hidden_layers=cfg.layers,
-            num_attention_heads=cfg.heads,
-            num_key_value_heads=cfg.heads,
             max_position_embeddings=cfg.max_positions,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            tie_word_embeddings=False,
-        )
+        ),
+        vocab_size=len(tokenizer),
+        seed=cfg.seed,
     )
     started, tokens, loss_value = time.perf_counter(), 0, float("nan")
     if cfg.train_steps:
