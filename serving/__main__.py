@@ -4,7 +4,9 @@
 ``$MLOPS_HOME/serving/models/<version>/`` and checked against its registered digest).
 
 ``supervise`` is the supervisor process itself, started by ``up``; it is not meant to be
-run by hand. ``MLOPS_HOME`` (default ``./.mlops``) is read here, at run time.
+run by hand. ``MLOPS_HOME`` (default ``./.mlops``) is read here, at run time. Logs go to
+stderr as text or JSON lines (``MLOPS_LOG_FORMAT``), and the supervisor's children inherit
+that setting; results go to stdout as JSON.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import sys
 from pathlib import Path
 
+from observability.logs import configure_logging
 from serving import stack
 from serving.engine.launcher import EngineUnavailable
 from serving.supervisor import StackPaths, Supervisor
@@ -56,12 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     home = args.home or Path(os.environ.get("MLOPS_HOME", "./.mlops"))
 
     if args.command == "supervise":
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-        )
+        configure_logging("supervisor")
         logging.getLogger("httpx").setLevel(logging.WARNING)  # health probes every poll
         Supervisor(StackPaths.under(home)).run()
         return 0
+    configure_logging("serving-cli", level=logging.WARNING)
     try:
         if args.command == "up":
             model = args.model or champion_dir(home)

@@ -23,6 +23,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from observability.hf import route_transformers_logs
+from observability.logs import (
+    ContextFilter,
+    bind,
+    build_formatter,
+    configure_logging,
+    stream_handler,
+)
 from training.config import ENGINES, load_config
 from training.errors import IncompatibleCheckpointError, TrainingInputError
 from training.train import Dist, PeerError, RunArgs, Trainer, env_dist
@@ -49,21 +57,45 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def setup_logging(output: Path, d: Dist) -> None:
+    """Per-rank log file, plus rank 0's progress on stdout and other ranks' warnings on stderr.
+
+    ``MLOPS_LOG_FORMAT=json`` makes all of them JSON lines carrying the rank, restart, pid and,
+    when Dagster launched the run, its run id (``DAGSTER_RUN_ID``). Other libraries' warnings
+    go to stderr through the root logger, bare as Python prints them by default, or as JSON.
+    """
+    fmt = configure_logging("trainer", level=logging.WARNING, text_format="%(message)s")
+    if fmt == "json":
+        route_transformers_logs()
+    bind(rank=d.rank)
+    pid = os.getpid()
+
+    def stamp(record: logging.LogRecord) -> bool:
+        record.restart, record.pid = d.restart, pid
+        return True
+
     logs = output / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    fmt = logging.Formatter(
-        f"%(asctime)s rank{d.rank} restart{d.restart} pid{os.getpid()} %(levelname)s %(name)s: %(message)s"
-    )
     root = logging.getLogger("training")
     root.setLevel(logging.INFO)
     root.propagate = False
     file_handler = logging.FileHandler(logs / f"rank{d.rank}.log", mode="a", encoding="utf-8")
-    file_handler.setFormatter(fmt)
-    root.addHandler(file_handler)
-    console = logging.StreamHandler(sys.stdout if d.rank == 0 else sys.stderr)
-    console.setFormatter(
-        logging.Formatter("%(message)s" if d.rank == 0 else f"rank{d.rank}: %(message)s")
+    file_handler.setFormatter(
+        build_formatter(
+            "trainer",
+            fmt,
+            f"%(asctime)s rank{d.rank} restart{d.restart} pid{pid} %(levelname)s %(name)s: %(message)s",
+        )
     )
+    file_handler.addFilter(ContextFilter())
+    file_handler.addFilter(stamp)
+    root.addHandler(file_handler)
+    console = stream_handler(
+        "trainer",
+        fmt,
+        sys.stdout if d.rank == 0 else sys.stderr,
+        "%(message)s" if d.rank == 0 else f"rank{d.rank}: %(message)s",
+    )
+    console.addFilter(stamp)
     console.setLevel(logging.INFO if d.rank == 0 else logging.WARNING)
     root.addHandler(console)
 

@@ -1,6 +1,8 @@
 """``python -m serving.engine --model DIR --served-model-name NAME --host H --port P``.
 
 Loads the model before the socket opens, so ``/health`` answering 200 means ready to serve.
+Logs go to stderr as text or JSON lines (``MLOPS_LOG_FORMAT``), with the served model
+version (``MLOPS_MODEL_VERSION``, which the launcher sets) and each request's id.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from pathlib import Path
 
 import uvicorn
 
+from observability.hf import route_transformers_logs
+from observability.logs import configure_logging
 from serving.engine.app import create_app
 from serving.engine.batching import BatchConfig, BatchingEngine
 
@@ -25,14 +29,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
     parser.add_argument("--default-max-tokens", type=int, default=16)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if configure_logging("engine") == "json":
+        route_transformers_logs()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
 
     config = BatchConfig(max_batch_size=args.max_batch_size, batch_wait_s=args.batch_wait_ms / 1e3)
     engine = BatchingEngine(args.model, args.served_model_name or args.model.name, config)
     engine.start()
     app = create_app(engine, default_max_tokens=args.default_max_tokens)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    logging.getLogger("serving.engine").info(
+        "serving %s as %r on http://%s:%d",
+        args.model,
+        engine.served_model_name,
+        args.host,
+        args.port,
+    )
+    # log_config=None: uvicorn's own lines go through the handler configured above.
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        log_config=None,
+    )
 
 
 if __name__ == "__main__":

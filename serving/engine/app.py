@@ -5,6 +5,8 @@ failure goes through :func:`serving.errors.error_response`, so clients always ge
 error shape. The first item of a generation is awaited before a streaming response starts,
 so a request the engine rejects gets a proper 400 instead of a broken event stream.
 Metrics use vLLM's names so dashboards built for vLLM read this engine unchanged.
+Every request gets an id (the caller's ``x-request-id`` or a new one), echoed in the
+response header and carried by every log line of that request, and one access log line.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from prometheus_client import (
 )
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from observability.asgi import RequestLogMiddleware
 from serving.engine import api
 from serving.engine.chat_template import render_chat
 from serving.engine.protocol import ChoiceDelta, Engine, SamplingParams, Usage
@@ -90,6 +93,7 @@ def create_app(
     created = int(time.time())
 
     install_error_handlers(app)
+    app.add_middleware(RequestLogMiddleware, logger="serving.engine.access")
 
     @app.get("/health")
     async def health() -> Response:

@@ -5,6 +5,9 @@ runs ``vllm serve DIR --served-model-name NAME --port P`` on a GPU host. Both sp
 OpenAI API and answer ``/health``, so everything above this module (supervisor, canary,
 gateway) treats them alike. Choosing vLLM where it is not installed fails at once with the
 install command, rather than with a process that dies in the background.
+
+An engine serving a model fetched from the registry logs that version on every line: the
+launcher finds it from the directory layout and passes it as ``MLOPS_MODEL_VERSION``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from pathlib import Path
 from typing import Literal
 
 import httpx
+
+from observability.logs import MODEL_VERSION_ENV
 
 EngineKind = Literal["embedded", "vllm"]
 
@@ -88,13 +93,34 @@ def wait_healthy(url: str, timeout_s: float, process: subprocess.Popen | None = 
     raise EngineStartError(f"engine at {url} not healthy after {timeout_s:.0f}s; see its log")
 
 
+def registry_version(model_dir: Path, max_depth: int = 6) -> str | None:
+    """The registry version a fetched model directory belongs to; None for any other directory.
+
+    ``registry.versions.fetch_model_dir`` downloads version V's MLflow model under
+    ``<models root>/V/``, the Hugging Face directory somewhere below the ``MLmodel`` file.
+    So the version is the nearest all-digit ancestor at or above an ``MLmodel`` file.
+    """
+    seen_mlmodel = False
+    for directory in [Path(model_dir).resolve(), *Path(model_dir).resolve().parents][:max_depth]:
+        seen_mlmodel = seen_mlmodel or (directory / "MLmodel").is_file()
+        if seen_mlmodel and directory.name.isdigit():
+            return directory.name
+    return None
+
+
 def start_engine(
     spec: EngineSpec, log_path: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen:
     """Start the engine in its own session, stdout/stderr to ``log_path``; does not wait."""
     command = engine_command(spec)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    child_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    version = registry_version(spec.model_dir)
+    child_env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        **({MODEL_VERSION_ENV: version} if version else {}),
+        **(env or {}),
+    }
     with log_path.open("ab") as log:
         return subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=child_env, start_new_session=True

@@ -80,6 +80,7 @@ def env() -> dict[str, str]:
     )
     e.pop("MLFLOW_TRACKING_URI", None)
     e.pop("DAGSTER_PIPES_CONTEXT", None)
+    e.pop("MLOPS_LOG_FORMAT", None)  # tests read the rank logs' text lines
     return e
 
 

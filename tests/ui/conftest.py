@@ -1,5 +1,12 @@
 """Fixtures for the UI tests: a tmp MLOPS_HOME after one `train_and_deploy` run, the Dagster
-and MLflow web servers on it, and headless Chromium driven over the DevTools protocol.
+webserver and daemon and the MLflow server on it, and headless Chromium driven over the
+DevTools protocol.
+
+The Dagster side runs as a deployment does: ``dagster-webserver`` and ``dagster-daemon run``
+on the same ``DAGSTER_HOME`` and workspace, so sensors and schedules are live while the UI is
+checked, and the daemon must report healthy (through the webserver's GraphQL) before a test
+starts. Each server runs in its own process group, stopped as a whole, so the code servers
+they spawn do not outlive the test.
 
 Chromium is driven over CDP (``websockets``) rather than ``--dump-dom``: the Dagster UI lays
 out its asset graph in a web worker, which a virtual-time budget does not wait for, so the
@@ -14,6 +21,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -77,6 +85,30 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=5)
 
 
+def stop_group(proc: subprocess.Popen) -> None:
+    """Stop a server started with ``start_new_session`` and every process it spawned."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=15)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # code servers still shutting down, or a hung leader
+    proc.wait(timeout=5)
+
+
+def serve(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
+    """Start a server from the repo root in its own process group, output to ``log``."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 @dataclass
 class Servers:
     home: Path
@@ -127,40 +159,38 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
 
         dagster_port, mlflow_port = free_port(), free_port()
         dagster_log, mlflow_log = home / "dagster-webserver.log", home / "mlflow-server.log"
-        with dagster_log.open("wb") as out:
-            procs.append(
-                subprocess.Popen(
-                    [str(BIN / "dagster-webserver"), "-w", "workspace.yaml"]
-                    + ["-h", "127.0.0.1", "-p", str(dagster_port)],
-                    cwd=ROOT,
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-        with mlflow_log.open("wb") as out:
-            procs.append(
-                subprocess.Popen(
-                    [str(BIN / "mlflow"), "server", "--backend-store-uri"]
-                    + [f"sqlite:///{home}/mlflow/mlflow.db", "--host", "127.0.0.1"]
-                    + ["--port", str(mlflow_port)],
-                    cwd=ROOT,
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-            )
+        daemon_log = home / "dagster-daemon.log"
+        webserver = serve(
+            [str(BIN / "dagster-webserver"), "-w", "workspace.yaml"]
+            + ["-h", "127.0.0.1", "-p", str(dagster_port)],
+            dagster_log,
+            env,
+        )
+        procs.append(webserver)
+        daemon = serve(
+            [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], daemon_log, env
+        )
+        procs.append(daemon)
+        mlflow = serve(
+            [str(BIN / "mlflow"), "server", "--backend-store-uri"]
+            + [f"sqlite:///{home}/mlflow/mlflow.db", "--host", "127.0.0.1"]
+            + ["--port", str(mlflow_port)],
+            mlflow_log,
+            env,
+        )
+        procs.append(mlflow)
         dagster_url, mlflow_url = (
             f"http://127.0.0.1:{dagster_port}",
             f"http://127.0.0.1:{mlflow_port}",
         )
-        wait_http(f"{dagster_url}/server_info", procs[0], dagster_log)
-        wait_http(f"{mlflow_url}/health", procs[1], mlflow_log)
-        wait_dagster_location(dagster_url, procs[0], dagster_log)
+        wait_http(f"{dagster_url}/server_info", webserver, dagster_log)
+        wait_http(f"{mlflow_url}/health", mlflow, mlflow_log)
+        wait_dagster_location(dagster_url, webserver, dagster_log)
+        wait_daemons_healthy(dagster_url, daemon, daemon_log)
         yield Servers(home=home, dagster_url=dagster_url, mlflow_url=mlflow_url)
     finally:
         for proc in procs:
-            stop(proc)
+            stop_group(proc)
         # The main job leaves the serving stack (gateway + engine) running.
         subprocess.run(
             [sys.executable, "-m", "serving", "--home", str(home), "down"],
@@ -187,6 +217,33 @@ def wait_dagster_location(url: str, proc: subprocess.Popen, log: Path, timeout_s
             pass
         time.sleep(0.5)
     pytest.fail(f"code location not loaded after {timeout_s} s:\n{log.read_text()[-4000:]}")
+
+
+DAEMON_HEALTH = (
+    "{ instance { daemonHealth { allDaemonStatuses"
+    " { daemonType required healthy lastHeartbeatErrors { message } } } } }"
+)
+
+
+def daemon_statuses(url: str) -> list[dict]:
+    """Every daemon the instance knows, as the webserver reports it to the UI."""
+    body = httpx.post(f"{url}/graphql", json={"query": DAEMON_HEALTH}, timeout=10).json()
+    return body["data"]["instance"]["daemonHealth"]["allDaemonStatuses"]
+
+
+def wait_daemons_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 120):
+    """Wait until every required daemon has sent a heartbeat the webserver calls healthy."""
+    deadline = time.monotonic() + timeout_s
+    statuses: list[dict] = []
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"dagster-daemon exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        with contextlib.suppress(httpx.HTTPError, KeyError, TypeError, ValueError):
+            statuses = daemon_statuses(url)
+            if statuses and all(d["healthy"] for d in statuses if d["required"]):
+                return
+        time.sleep(1)
+    pytest.fail(f"daemons not healthy after {timeout_s} s: {statuses}\n{log.read_text()[-4000:]}")
 
 
 class Browser:

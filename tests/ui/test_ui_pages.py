@@ -1,7 +1,8 @@
 """Contract: after one `train_and_deploy` run, a new user sees it in the web UIs, rendered by
 headless Chromium: Dagster's lineage shows corpus -> trained_model -> registered_model ->
-deployment, the asset pages show the `records_balance` and `gate` checks passed, and
-MLflow's registered-model page for `sovereign-lm` shows the `champion` alias.
+deployment, the asset pages show the `records_balance` and `gate` checks passed, the
+Deployment page shows the daemon's sensor, schedule, run-queue and backfill loops running,
+and MLflow's registered-model page for `sovereign-lm` shows the `champion` alias.
 Screenshots land in test-artifacts/ui/.
 """
 
@@ -16,15 +17,16 @@ from PIL import Image
 COMMUNITY_DIALOG = "Join the Dagster community"
 
 
-def assert_real_screenshot(path: Path) -> None:
-    """A rendered page, not a blank or error frame: full size and many distinct colours."""
+def assert_real_screenshot(path: Path, max_background: float = 0.95) -> None:
+    """A rendered page, not a blank or error frame: full size and many distinct colours, the
+    most common one (the background) covering at most ``max_background`` of the frame."""
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
     with Image.open(path) as image:
         assert image.width >= 1200 and image.height >= 700, (path, image.size)
         colours = image.convert("RGB").getcolors(maxcolors=1 << 16)
         assert colours is None or len(colours) > 64, (path, len(colours or []))
         dominant = max(colours)[0] / (image.width * image.height) if colours else 0
-        assert dominant < 0.95, (path, dominant)
+        assert dominant < max_background, (path, dominant)
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +67,17 @@ def test_dagster_asset_page_shows_check_passed(servers, dagster_ui, asset, check
     assert f"{check}\nExecute" in text, text  # the detail pane's heading is this check
     assert "Failed" not in text
     assert_real_screenshot(dagster_ui.screenshot(f"dagster-{asset}-checks"))
+
+
+def test_dagster_daemons_page_shows_the_daemon_running(servers, dagster_ui) -> None:
+    dagster_ui.goto(f"{servers.dagster_url}/deployment/daemons")
+    daemons = ("Sensors", "Scheduler", "Run queue", "Backfill")
+    text = dagster_ui.wait_for_text("Daemon statuses", *daemons)
+    for daemon in daemons:
+        assert re.search(rf"^{daemon}\s*^Running$", text, re.M), (daemon, text)
+    assert "Not running" not in text, text
+    # A short table on a white page: a blank frame is still 100% one colour.
+    assert_real_screenshot(dagster_ui.screenshot("dagster-daemons"), max_background=0.99)
 
 
 def test_mlflow_registered_model_shows_champion(servers, browser) -> None:

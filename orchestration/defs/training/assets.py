@@ -73,7 +73,12 @@ def trained_model(
         mlflow_uri=RegistryConfig.resolve(mlops.root()).tracking_uri,
     )
     context.log.info(f"launching: {' '.join(command)}")
-    result = trainer.client().run(command=command, context=context).get_materialize_result()
+    # Every trainer log line carries the run id (see observability.logs).
+    result = (
+        trainer.client()
+        .run(command=command, context=context, env={"DAGSTER_RUN_ID": context.run_id})
+        .get_materialize_result()
+    )
     extra = loss_curve_metadata(loss_curve.curve_path(output))
     if not extra:
         context.log.warning(f"no loss curve at {loss_curve.curve_path(output)}")
