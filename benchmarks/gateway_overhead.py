@@ -5,7 +5,13 @@ app answering a fixed completion) and ``python -m serving.gateway`` routing ``so
 to it, then measures, direct and through the gateway in the same run:
 
 * latency at 1 client: p50 and p99 added by the gateway (targets: p50 <= 1 ms, p99 <= 5 ms);
-* throughput at 32 and 64 concurrent clients: gateway / direct (target >= 0.8).
+* throughput at 32 and 64 concurrent clients: gateway / direct (target >= 0.8), direct
+  and gateway runs interleaved, best of 2 each.
+
+``--service-ms 10 --max-batch 32`` makes the backend engine-like (each request held 10 ms,
+at most 32 in service at once, the rest queued): the ratio a user of a model server sees,
+where the do-nothing backend measures the gateway's HTTP cost against uvicorn's C parser
+alone.
 
 The load generator is a hand-written keep-alive HTTP/1.1 client on asyncio, so the client's
 own cost stays small next to what is measured. Everything shares this machine's cores: the
@@ -147,17 +153,57 @@ def wait_healthy(url: str) -> None:
     raise TimeoutError(url)
 
 
+def engine_app(service_s: float, max_batch: int):
+    """``backend_app`` holding each request ``service_s`` in one of ``max_batch`` slots, the
+    way an engine serves a bounded batch; the rest queue."""
+    slots: list[asyncio.Semaphore] = []
+
+    async def app(scope, receive, send) -> None:
+        if scope["type"] == "http":
+            if not slots:
+                slots.append(asyncio.Semaphore(max_batch))
+            async with slots[0]:
+                await asyncio.sleep(service_s)
+        await backend_app(scope, receive, send)
+
+    return app
+
+
+def best_throughput(targets: dict[str, tuple[int, int | None]], clients: int, seconds: float):
+    """Each target's req/s (and its process's CPU ms per request), interleaved, best of 2:
+    the machine's other load drifts during a run."""
+    best: dict[str, tuple[float, float | None]] = {}
+    for _ in range(2):
+        for name, (port, pid) in targets.items():
+            cpu = cpu_seconds(pid) if pid else 0.0
+            rate = asyncio.run(throughput(port, clients, seconds))
+            used = (cpu_seconds(pid) - cpu) / (rate * seconds) * 1e3 if pid else None
+            if rate > best.get(name, (0.0, None))[0]:
+                best[name] = (rate, used)
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--serve-backend", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--latency-requests", type=int, default=3000)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--service-ms",
+        type=float,
+        default=0.0,
+        help="engine-like backend: hold each request this long (0: answer at once)",
+    )
+    parser.add_argument("--max-batch", type=int, default=32, help="with --service-ms")
     args = parser.parse_args()
+    if args.service_ms < 0 or args.max_batch < 1:
+        parser.error("--service-ms must be >= 0 and --max-batch >= 1")
     if args.serve_backend:
         import uvicorn
 
+        app = engine_app(args.service_ms / 1e3, args.max_batch) if args.service_ms else backend_app
         uvicorn.run(
-            backend_app,
+            app,
             host="127.0.0.1",
             port=args.serve_backend,
             log_level="warning",
@@ -168,11 +214,22 @@ def main() -> None:
 
     backend_port, gateway_port = free_port(), free_port()
     token = "bench-token"
+    backend_args = ["--service-ms", str(args.service_ms), "--max-batch", str(args.max_batch)]
+    if args.service_ms:
+        cap = args.max_batch / args.service_ms * 1e3
+        print(
+            f"engine-like backend: {args.service_ms:g} ms per request, {args.max_batch} at a "
+            f"time (cap {cap:,.0f} req/s)"
+        )
+    else:
+        print("backend: raw ASGI app answering at once")
+    print(f"load average at start: {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "MLOPS_GATEWAY_ADMIN_TOKEN": token, "PYTHONPATH": str(REPO)}
         procs = [
             subprocess.Popen(
-                [sys.executable, __file__, "--serve-backend", str(backend_port)], env=env
+                [sys.executable, __file__, "--serve-backend", str(backend_port), *backend_args],
+                env=env,
             ),
             subprocess.Popen(
                 [
@@ -191,13 +248,14 @@ def main() -> None:
         try:
             gateway = f"http://127.0.0.1:{gateway_port}"
             wait_healthy(gateway)
+            wait_healthy(f"http://127.0.0.1:{backend_port}")
             headers = {"Authorization": f"Bearer {token}"}
             httpx.put(
                 f"{gateway}/admin/backends/fast",
                 headers=headers,
                 timeout=5,
                 json={"url": f"http://127.0.0.1:{backend_port}", "timeout_s": 10},
-            )
+            ).raise_for_status()
             httpx.put(
                 f"{gateway}/admin/routes/sovereign-lm",
                 headers=headers,
@@ -215,15 +273,14 @@ def main() -> None:
                 f"  added    p50 {pct(via, 50) - pct(direct, 50):.3f} (target <= 1)  "
                 f"p99 {pct(via, 99) - pct(direct, 99):.3f} (target <= 5)"
             )
+            targets = {"direct": (backend_port, None), "gateway": (gateway_port, procs[1].pid)}
             for clients in (32, 64):
-                d = asyncio.run(throughput(backend_port, clients, args.seconds))
-                cpu_before = cpu_seconds(procs[1].pid)
-                g = asyncio.run(throughput(gateway_port, clients, args.seconds))
-                cpu_ms = (cpu_seconds(procs[1].pid) - cpu_before) / (g * args.seconds) * 1e3
+                best = best_throughput(targets, clients, args.seconds)
+                (d, _), (g, cpu_ms) = best["direct"], best["gateway"]
                 print(
-                    f"throughput at {clients} clients: direct {d:.0f} req/s, gateway "
-                    f"{g:.0f} req/s, ratio {g / d:.2f} (target >= 0.8); gateway CPU "
-                    f"{cpu_ms:.2f} ms per request"
+                    f"throughput at {clients} clients (best of 2): direct {d:.0f} req/s, "
+                    f"gateway {g:.0f} req/s, ratio {g / d:.2f} (target >= 0.8); gateway CPU "
+                    f"{cpu_ms:.3f} ms per request"
                 )
         finally:
             for p in procs:

@@ -1,7 +1,10 @@
 """``python -m serving.gateway --host H --port P``: the OpenAI-compatible gateway.
 
 State lives in ``$MLOPS_HOME/serving/gateway-state.json`` (``--state`` overrides); the admin
-token comes from ``MLOPS_GATEWAY_ADMIN_TOKEN``. Both are read here, at start, never at import.
+token comes from ``MLOPS_GATEWAY_ADMIN_TOKEN``; the serving config (partners, fallback routes)
+from ``--config``, else ``$MLOPS_SERVING_CONFIG``, else ``$MLOPS_HOME/serving/config.yaml`` if it
+exists. All are read here, at start, never at import. The ``--partner-*`` options tune the
+health rules documented in ``serving/partners/health.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,11 @@ from pathlib import Path
 
 import uvicorn
 
+from observability.logs import configure_logging
+from serving.errors import InvalidRequest
 from serving.gateway.app import GatewayConfig, create_app
+from serving.partners.config import ServingConfigError, default_config_path, load_serving_config
+from serving.partners.health import HealthPolicy
 
 
 def default_state_path() -> Path:
@@ -28,24 +35,61 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20)
     parser.add_argument("--breaker-threshold", type=int, default=3)
     parser.add_argument("--breaker-cooldown-s", type=float, default=5.0)
+    parser.add_argument("--config", type=Path, default=None, help="serving config YAML")
+    defaults = HealthPolicy()
+    parser.add_argument(
+        "--partner-slow-s",
+        type=float,
+        default=defaults.slow_p95_s,
+        help="a partner whose p95 latency reaches this is degraded",
+    )
+    parser.add_argument(
+        "--partner-min-dwell-s",
+        type=float,
+        default=defaults.min_dwell_s,
+        help="least time a partner stays degraded/down before it may recover",
+    )
+    parser.add_argument(
+        "--partner-ttft-floor-s",
+        type=float,
+        default=defaults.ttft_floor_s,
+        help="least time-to-first-token deadline of a partner attempt",
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging("gateway")
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # one line per request otherwise
 
+    config_path = args.config or default_config_path()
+    try:
+        serving_config = load_serving_config(config_path) if config_path else None
+        policy = HealthPolicy(
+            slow_p95_s=args.partner_slow_s,
+            min_dwell_s=args.partner_min_dwell_s,
+            ttft_floor_s=args.partner_ttft_floor_s,
+        )
+    except (ServingConfigError, ValueError) as exc:
+        parser.error(str(exc))
     config = GatewayConfig(
         state_path=args.state or default_state_path(),
         admin_token=os.environ.get("MLOPS_GATEWAY_ADMIN_TOKEN") or None,
         max_body_bytes=args.max_body_bytes,
         breaker_threshold=args.breaker_threshold,
         breaker_cooldown_s=args.breaker_cooldown_s,
+        serving_config=serving_config,
+        partner_policy=policy,
     )
+    try:
+        app = create_app(config)
+    except InvalidRequest as exc:  # the config declares a name the saved state uses otherwise
+        parser.error(f"serving config {config_path}: {exc.message}")
     uvicorn.run(
-        create_app(config),
+        app,
         host=args.host,
         port=args.port,
         log_level="warning",
         access_log=False,
         backlog=2048,
+        log_config=None,  # uvicorn's own lines go through the handler configured above
     )
 
 

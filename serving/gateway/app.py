@@ -1,4 +1,4 @@
-"""The gateway application: OpenAI front, admin API, metrics.
+"""The gateway application: OpenAI front, admin API, metrics, partner health watcher.
 
 ``POST /v1/completions`` and ``/v1/chat/completions`` are dispatched by a thin ASGI wrapper
 straight to :class:`~serving.gateway.proxy.Proxy`, skipping routing and middleware (the hot
@@ -6,15 +6,22 @@ path is benchmarked); everything else goes to the FastAPI app. The
 admin API under ``/admin`` needs ``Authorization: Bearer $MLOPS_GATEWAY_ADMIN_TOKEN``; with
 no token configured it refuses every call rather than running open. Each admin change is
 persisted before it is acknowledged, so an acknowledged change survives a restart.
+
+Partners and fallback routes (``/admin/partners``, ``/admin/fallback-routes``) live in the
+same state file as backends and routes. At start the gateway restores that state, then
+upserts what the serving config declares (pins and admin-API additions stay). A background
+task started in the lifespan probes partners and re-evaluates their health.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import logging
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx2 as httpx
@@ -25,15 +32,20 @@ from starlette.responses import JSONResponse, Response
 
 from serving.errors import (
     InvalidRequest,
-    ServingError,
     Unauthorized,
-    error_response,
     install_error_handlers,
 )
 from serving.gateway.metrics import GatewayMetrics
+from serving.gateway.partner_proxy import PartnerProxy
 from serving.gateway.proxy import Proxy
 from serving.gateway.routing import RoutingTable
 from serving.gateway.state import StateStore
+from serving.gateway.upstream import UpstreamPool
+from serving.partners.adapters import adapter_for
+from serving.partners.config import ServingConfig
+from serving.partners.health import HealthPolicy
+from serving.partners.router import PartnerTable
+from serving.partners.spec import PartnerSpec
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +58,8 @@ class GatewayConfig:
     breaker_threshold: int = 3
     breaker_cooldown_s: float = 5.0
     max_connections: int = 512
+    serving_config: ServingConfig | None = None
+    partner_policy: HealthPolicy = field(default_factory=HealthPolicy)
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1024:
@@ -70,25 +84,65 @@ class WeightIn(BaseModel):
     canary_weight: float = Field(ge=0, le=100)
 
 
+class FallbackRouteIn(BaseModel):
+    order: list[str] = Field(min_length=1)
+
+
+class PinIn(BaseModel):
+    target: str
+    reason: str = Field(min_length=1)
+
+
+def _partner_spec(name: str, body: dict) -> PartnerSpec:
+    try:
+        return PartnerSpec.from_dict(name, body)
+    except TypeError as exc:
+        raise InvalidRequest(f"partner {name!r}: bad field value ({exc})", "partner") from None
+
+
+def _apply_config(partners: PartnerTable, config: ServingConfig) -> None:
+    for spec in config.partners.values():
+        partners.put_partner(spec)
+    for name, order in config.fallback_routes.items():
+        partners.put_fallback_route(name, order, lenient=True)
+
+
 def create_app(config: GatewayConfig) -> GatewayASGI:
     table = RoutingTable(
         breaker_threshold=config.breaker_threshold, breaker_cooldown_s=config.breaker_cooldown_s
     )
+    partners = PartnerTable(table, config.partner_policy)
     store = StateStore(config.state_path)
-    table.load_dict(store.load())
-    metrics = GatewayMetrics(table)
+    saved = store.load()
+    table.load_dict(saved)
+    partners.load_dict(saved)
+    if config.serving_config is not None:
+        _apply_config(partners, config.serving_config)
+        store.save({**table.to_dict(), **partners.to_dict()})
+    metrics = GatewayMetrics(table, partners=partners)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         limits = httpx.Limits(
             max_connections=config.max_connections, max_keepalive_connections=config.max_connections
         )
+        pool = UpstreamPool(max_connections=config.max_connections)
         async with httpx.AsyncClient(limits=limits, http2=False) as client:
-            app.state.proxy = Proxy(table, metrics, client, config.max_body_bytes)
-            yield
+            proxy = Proxy(table, metrics, pool, config.max_body_bytes)
+            proxy.partners = PartnerProxy(proxy, partners, metrics, client, adapter_for)
+            app.state.proxy = proxy
+            watcher = asyncio.create_task(proxy.partners.watch_partners())
+            try:
+                yield
+            finally:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+                await pool.aclose()
 
     app = FastAPI(title="sovereign-mlops gateway", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.table = table
+    app.state.partners = partners
 
     install_error_handlers(app)
 
@@ -103,9 +157,10 @@ def create_app(config: GatewayConfig) -> GatewayASGI:
     @app.get("/v1/models")
     async def models() -> JSONResponse:
         now = int(time.time())
+        names = [*table.routes, *partners.fallback_routes, *partners.partners]
         data = [
             {"id": name, "object": "model", "created": now, "owned_by": "sovereign-mlops"}
-            for name in table.routes
+            for name in names
         ]
         return JSONResponse({"object": "list", "data": data})
 
@@ -117,11 +172,15 @@ def create_app(config: GatewayConfig) -> GatewayASGI:
             raise Unauthorized("missing or wrong admin token (Authorization: Bearer ...)")
 
     def state() -> dict:
-        return {**table.to_dict(), "breakers": table.breakers()}
+        return {**table.to_dict(), **partners.to_dict(), "breakers": table.breakers()}
 
     def commit() -> dict:
-        store.save(table.to_dict())
+        store.save({**table.to_dict(), **partners.to_dict()})
         return state()
+
+    def commit_partners() -> dict:
+        commit()
+        return partners.status()
 
     admin = [Depends(authorize)]
 
@@ -141,6 +200,9 @@ def create_app(config: GatewayConfig) -> GatewayASGI:
 
     @app.put("/admin/routes/{name}", dependencies=admin)
     async def put_route(name: str, body: RouteIn) -> dict:
+        taken = partners.names_in_use(name)
+        if taken not in (None, "local route"):
+            raise InvalidRequest(f"{name!r} is already a {taken}; pick another name", "name")
         table.put_route(name, body.stable, body.canary, body.canary_weight)
         return commit()
 
@@ -151,6 +213,37 @@ def create_app(config: GatewayConfig) -> GatewayASGI:
             raise InvalidRequest(f"no route named {name!r}", "name")
         table.put_route(name, route.stable, route.canary, body.canary_weight)
         return commit()
+
+    @app.get("/admin/partners", dependencies=admin)
+    async def read_partners() -> dict:
+        return partners.status()
+
+    @app.put("/admin/partners/{name}", dependencies=admin)
+    async def put_partner(name: str, body: dict) -> dict:
+        partners.put_partner(_partner_spec(name, body))
+        return commit_partners()
+
+    @app.delete("/admin/partners/{name}", dependencies=admin)
+    async def delete_partner(name: str) -> dict:
+        partners.remove_partner(name)
+        return commit_partners()
+
+    @app.put("/admin/fallback-routes/{name}", dependencies=admin)
+    async def put_fallback_route(name: str, body: FallbackRouteIn) -> dict:
+        partners.put_fallback_route(name, body.order)
+        return commit_partners()
+
+    @app.post("/admin/fallback-routes/{name}/pin", dependencies=admin)
+    async def pin(name: str, body: PinIn) -> dict:
+        partners.pin(name, body.target, body.reason)
+        log.warning("fallback route %s pinned to %s: %s", name, body.target, body.reason)
+        return commit_partners()
+
+    @app.delete("/admin/fallback-routes/{name}/pin", dependencies=admin)
+    async def unpin(name: str) -> dict:
+        partners.unpin(name)
+        log.warning("fallback route %s unpinned", name)
+        return commit_partners()
 
     return GatewayASGI(app)
 
@@ -172,11 +265,4 @@ class GatewayASGI:
         ):
             await self.app(scope, receive, send)
             return
-        try:
-            response = await self.app.state.proxy.forward(Request(scope, receive))
-        except ServingError as exc:
-            response = error_response(exc)
-        except Exception:  # never let one request take the connection down without an answer
-            log.exception("proxy failed")
-            response = error_response(ServingError("internal gateway error"))
-        await response(scope, receive, send)
+        await self.app.state.proxy(scope, receive, send)

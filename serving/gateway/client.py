@@ -1,4 +1,5 @@
-"""Client of the gateway's admin API and metrics, for the supervisor and the canary controller.
+"""Client of the gateway's admin API and metrics, for the supervisor, the canary controller
+and the partner failover jobs.
 
 Synchronous (its callers are control loops, not request paths); every call has a timeout and
 a bounded retry on connection errors and 5xx, since the gateway may be restarting. 4xx is
@@ -105,6 +106,28 @@ class GatewayAdmin:
 
     def set_weight(self, route: str, canary_weight: float) -> dict:
         return self._call("POST", f"/admin/routes/{route}/weight", {"canary_weight": canary_weight})
+
+    def partners(self) -> dict:
+        """Partners with their health, and fallback routes with their pins."""
+        return self._call("GET", "/admin/partners")
+
+    def put_partner(self, name: str, spec: dict) -> dict:
+        """``spec`` is ``PartnerSpec.to_dict()``: the key's variable name, never the key."""
+        return self._call("PUT", f"/admin/partners/{name}", spec)
+
+    def remove_partner(self, name: str) -> dict:
+        return self._call("DELETE", f"/admin/partners/{name}")
+
+    def put_fallback_route(self, name: str, order: list[str]) -> dict:
+        return self._call("PUT", f"/admin/fallback-routes/{name}", {"order": list(order)})
+
+    def pin(self, route: str, target: str, reason: str) -> dict:
+        return self._call(
+            "POST", f"/admin/fallback-routes/{route}/pin", {"target": target, "reason": reason}
+        )
+
+    def unpin(self, route: str) -> dict:
+        return self._call("DELETE", f"/admin/fallback-routes/{route}/pin")
 
     def backend_stats(self, route: str) -> dict[str, BackendStats]:
         """Scrape ``/metrics`` and return cumulative stats per backend of ``route``."""

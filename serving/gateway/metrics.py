@@ -2,18 +2,21 @@
 
 Counters are per attempt (a retried request counts once on each backend it tried), which is
 what canary analysis needs: the canary's own error rate, even when users never saw the
-errors. ``gateway_responses_total`` is what clients saw. Breaker states and canary weights
-are read from the routing table at scrape time, so they can never go stale. Label children
+errors. ``gateway_responses_total`` is what clients saw. Breaker states, canary weights,
+partner states, partner transitions and pins are read from the tables at scrape time, so they
+can never go stale. Partner attempts use the same per-attempt counters, with ``backend`` the
+partner's name. Label children
 are cached because ``.labels()`` is measurable on the proxy hot path.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from serving.gateway.routing import RoutingTable
+from serving.partners.router import PartnerTable
 
 LATENCY_BUCKETS = (
     0.001,
@@ -57,8 +60,45 @@ class _TableCollector(Collector):
         yield weight
 
 
+class _PartnerCollector(Collector):
+    def __init__(self, partners: PartnerTable) -> None:
+        self.partners = partners
+
+    def collect(self):
+        state = GaugeMetricFamily(
+            "gateway_partner_state",
+            "Partner health: 0 healthy, 1 degraded, 2 down",
+            labels=["partner"],
+        )
+        transitions = CounterMetricFamily(
+            "gateway_partner_transitions",
+            "Partner health state changes",
+            labels=["partner", "from_state", "to_state"],
+        )
+        for name, partner in self.partners.partners.items():
+            state.add_metric([name], int(partner.health.state))
+            for (before, after), count in partner.health.transition_counts.items():
+                transitions.add_metric([name, before, after], count)
+        pinned = GaugeMetricFamily(
+            "gateway_route_pinned",
+            "1 while a fallback route is pinned to a target",
+            labels=["route", "target"],
+        )
+        for name, route in self.partners.fallback_routes.items():
+            if route.pinned is not None:
+                pinned.add_metric([name, route.pinned], 1)
+        yield state
+        yield transitions
+        yield pinned
+
+
 class GatewayMetrics:
-    def __init__(self, table: RoutingTable, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        table: RoutingTable,
+        registry: CollectorRegistry | None = None,
+        partners: PartnerTable | None = None,
+    ) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self._attempts = Counter(
@@ -90,6 +130,8 @@ class GatewayMetrics:
             "gateway_responses", "Responses returned to clients", ["route", "code"], registry=r
         )
         r.register(_TableCollector(table))
+        if partners is not None:
+            r.register(_PartnerCollector(partners))
         self._children: dict[tuple, object] = {}
 
     def _child(self, metric, *labels: str):

@@ -1,7 +1,8 @@
 """The routing core: backends, circuit breakers, routes and the attempt plan.
 
-A :class:`Backend` is one OpenAI-compatible upstream (an engine today; a partner adapter
-later) with its own timeout and a passive circuit breaker. A :class:`Route` is what a client
+A :class:`Backend` is one OpenAI-compatible upstream (a local engine; partners and fallback
+routes live in ``serving/partners/router.py``) with its own timeout and a passive circuit
+breaker (its clock injectable, so partner health reuses it in unit tests). A :class:`Route` is what a client
 names in ``model``: a stable backend plus, during a rollout, a canary at a weight in percent.
 :meth:`Route.attempts` yields the backends to try for one request, in order: the weighted
 pick first and, when that was the canary, the stable backend as the single retry, so a
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -39,12 +40,13 @@ class CircuitBreaker:
     failures: int = 0
     opened_at: float = 0.0
     probing: bool = False
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
 
     def allow(self) -> bool:
         if self.state is BreakerState.CLOSED:
             return True
         if self.state is BreakerState.OPEN:
-            if time.monotonic() - self.opened_at < self.cooldown_s:
+            if self.clock() - self.opened_at < self.cooldown_s:
                 return False
             self.state = BreakerState.HALF_OPEN
             self.probing = False
@@ -59,7 +61,7 @@ class CircuitBreaker:
     def failure(self) -> None:
         self.failures += 1
         if self.state is BreakerState.HALF_OPEN or self.failures >= self.threshold:
-            self.state, self.opened_at, self.probing = BreakerState.OPEN, time.monotonic(), False
+            self.state, self.opened_at, self.probing = BreakerState.OPEN, self.clock(), False
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Durable gateway state: the routing table as JSON, replaced atomically.
+"""Durable gateway state: the routing table, partners and fallback routes as JSON, replaced
+atomically.
 
 Written to a temporary file in the same directory, fsynced, then ``os.replace``d over the
 old one, so a crash at any moment leaves either the old or the new state, never a torn file.
