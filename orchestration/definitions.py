@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from orchestration.defs import data, ops, registry, serving, training
+from orchestration.defs import data, ops, partners, registry, serving, training
 from orchestration.jobs import LAKE_WRITER_TAGS, ROLLOUT_TAGS
 from orchestration.resources import MlopsHome
 
@@ -26,8 +26,11 @@ train = dg.define_asset_job(
 train_and_deploy = dg.define_asset_job(
     "train_and_deploy",
     # `champion` is the operator's direct promotion (job `promote`); in the main job the
-    # challenger becomes champion at the end of a successful canary rollout instead.
-    selection=dg.AssetSelection.all() - dg.AssetSelection.assets("champion"),
+    # challenger becomes champion at the end of a successful canary rollout instead. The
+    # partner layer's assets stay out: the main job must complete with every partner gone.
+    selection=dg.AssetSelection.all()
+    - dg.AssetSelection.assets("champion")
+    - partners.OFF_MAIN_JOB,
     description=(
         "The main job: ingest -> validate -> split -> train -> evaluate -> register -> "
         "canary rollout; the challenger becomes champion when the rollout passes."
@@ -41,6 +44,7 @@ defs = dg.Definitions.merge(
     training.defs,
     registry.defs,
     serving.defs,
+    partners.defs,
     ops.defs,
     dg.Definitions(jobs=[train, train_and_deploy], resources={"mlops": MlopsHome()}),
 )
