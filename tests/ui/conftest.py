@@ -128,6 +128,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         "MLOPS_HOME": str(home),
         "DAGSTER_HOME": str(dagster_home),
         "HF_HUB_OFFLINE": "1",
+        # the daemon's partner_health_sensor reacts within seconds to the outage test
+        "MLOPS_PARTNER_SENSOR_INTERVAL_S": "3",
     }
     procs: list[subprocess.Popen] = []
     try:
@@ -335,7 +337,8 @@ class Browser:
 @contextlib.contextmanager
 def open_browser() -> Iterator[Browser]:
     """Start headless Chromium on a fresh profile; yield its one page; always stop it."""
-    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+    # Chromium's helper processes may still be writing the profile as it stops.
+    with tempfile.TemporaryDirectory(prefix="chromium-", ignore_cleanup_errors=True) as profile:
         log = Path(profile) / "chromium.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(

@@ -2,17 +2,29 @@
 headless Chromium: Dagster's lineage shows corpus -> trained_model -> registered_model ->
 deployment, the asset pages show the `records_balance` and `gate` checks passed, the
 Deployment page shows the daemon's sensor, schedule, run-queue and backfill loops running,
-and MLflow's registered-model page for `sovereign-lm` shows the `champion` alias.
+MLflow's registered-model page for `sovereign-lm` shows the `champion` alias, and after a
+real partner outage and recovery (a fake partner answering 500s, then healing; the daemon's
+`partner_health_sensor` reacting on its own) the `routing_state` asset shows both the
+failover and the restore.
 Screenshots land in test-artifacts/ui/.
 """
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import dagster as dg
+import httpx
 import pytest
 from PIL import Image
+
+from serving.gateway.client import GatewayAdmin
+from serving.stack import ROUTE, admin_token, free_port, status
 
 COMMUNITY_DIALOG = "Join the Dagster community"
 
@@ -87,3 +99,82 @@ def test_mlflow_registered_model_shows_champion(servers, browser) -> None:
     assert re.search(r"^@\s*champion$", text, re.M), text
     assert re.search(r"^gate\.passed\s*:\s*true$", text, re.M), text
     assert_real_screenshot(browser.screenshot("mlflow-sovereign-lm"))
+
+
+def _wait(what: str, predicate: Callable[[], object], timeout_s: float = 180) -> object:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _succeeded(instance: dg.DagsterInstance, job: str) -> str | None:
+    runs = instance.get_runs(dg.RunsFilter(job_name=job))
+    done = [run.run_id for run in runs if run.status == dg.DagsterRunStatus.SUCCESS]
+    return done[0] if done else None
+
+
+@pytest.fixture(scope="module")
+def partner_outage(servers) -> Iterator[dict[str, str]]:
+    """A fake OpenAI-style partner first in `auto`, down (500s) until the daemon has failed
+    `auto` over to the sovereign model, then healed until it has restored it. Yields the
+    two runs' ids."""
+    port = free_port()
+    log = (servers.home / "fake-partner.log").open("w")
+    fake = subprocess.Popen(
+        [sys.executable, "-m", "serving.partners.fake", "--kind", "openai", "--name", "gpt"]
+        + ["--port", str(port)],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    partner = f"http://127.0.0.1:{port}"
+    admin = GatewayAdmin(status(servers.home)["gateway"]["url"], admin_token(servers.home))
+    try:
+        _wait("the fake partner", lambda: _up(f"{partner}/health"), 60)
+        spec = {"kind": "openai", "base_url": f"{partner}/v1", "model": "fake-model"}
+        admin.put_partner("gpt", {**spec, "timeout_s": 5.0, "probe_interval_s": 1.0})
+        admin.put_fallback_route("auto", ["gpt", ROUTE])
+        instance = dg.DagsterInstance.from_config(str(servers.home / "dagster"))
+
+        httpx.post(f"{partner}/_control", json={"mode": "error_500"}, timeout=5)
+        failover = _wait("the failover run", lambda: _succeeded(instance, "failover_to_sovereign"))
+        assert admin.partners()["fallback_routes"]["auto"]["pinned"] == ROUTE
+        httpx.post(f"{partner}/_control", json={"mode": "ok"}, timeout=5)
+        restore = _wait("the restore run", lambda: _succeeded(instance, "restore_partners"))
+        assert admin.partners()["fallback_routes"]["auto"]["pinned"] is None
+        yield {"failover": failover, "restore": restore}
+    finally:
+        # take the partner out of service first, so stopping it is not a new outage
+        admin.put_fallback_route("auto", [ROUTE])
+        admin.remove_partner("gpt")
+        fake.terminate()
+        fake.wait(10)
+        log.close()
+
+
+def _up(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_dagster_shows_partner_failover_and_recovery(servers, partner_outage, dagster_ui) -> None:
+    failover, restore = partner_outage["failover"][:8], partner_outage["restore"][:8]
+    # The asset's events: the latest materialization (the restore) with its evidence.
+    dagster_ui.goto(f"{servers.dagster_url}/assets/routing_state?view=events")
+    text = dagster_ui.wait_for_text("routing_state", f"Materialized in run {restore}", "Metadata")
+    assert re.search(r"^action\s*^restore$", text, re.M), text
+    assert re.search(r"^pinned_target\s*^none$", text, re.M), text
+    table = text[text.index("\npartners\n") : text.index("\nevidence\n")]
+    assert re.search(r"^gpt\thealthy\t", table, re.M), table
+    assert_real_screenshot(dagster_ui.screenshot("dagster-routing-state"))
+    # The runs: the sensor started one failover and one restore, and both succeeded.
+    dagster_ui.goto(f"{servers.dagster_url}/runs")
+    text = dagster_ui.wait_for_text(failover, restore, "failover_to_sovereign", "restore_partners")
+    assert "partner_health_sensor" in text, text
+    assert_real_screenshot(dagster_ui.screenshot("dagster-partner-runs"))
