@@ -75,6 +75,11 @@ def admin_token(mlops_home: Path | None = None) -> str:
 def _alive(pid: int | None) -> bool:
     if not pid:
         return False
+    try:  # a supervisor this process started and that has exited is a zombie until reaped
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:  # not our child: its parent reaps it
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
