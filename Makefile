@@ -3,6 +3,10 @@
 SHELL := /bin/bash
 export MLOPS_HOME ?= $(CURDIR)/.mlops
 export DAGSTER_HOME ?= $(MLOPS_HOME)/dagster
+# Dagster warns on every step that the instance's yaml-defined run-log handler (the JSON
+# logs option) is a beta feature; keep the output readable (orchestration/definitions.py
+# also filters it once the code location is loaded, for runs started outside make).
+export PYTHONWARNINGS ?= ignore:Handling yaml-defined logging configuration
 VENV := .venv
 BIN := $(VENV)/bin
 

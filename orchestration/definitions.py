@@ -8,11 +8,17 @@ that span domains (the main job ``train_and_deploy``).
 
 from __future__ import annotations
 
+import warnings
+
 import dagster as dg
 
 from orchestration.defs import data, ops, partners, registry, serving, training
 from orchestration.jobs import LAKE_WRITER_TAGS, ROLLOUT_TAGS
 from orchestration.resources import MlopsHome
+
+# deploy/dagster/*.yaml name a run-log handler (the JSON logs option); Dagster marks
+# yaml-defined handlers beta and would print that on every step of every run.
+warnings.filterwarnings("ignore", message="Handling yaml-defined logging configuration")
 
 train = dg.define_asset_job(
     "train",
