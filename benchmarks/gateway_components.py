@@ -4,10 +4,11 @@
 
 * upstream clients, in this process on uvloop, 32 concurrent requests against the raw
   ASGI backend of ``gateway_overhead.py`` in another process: ``httpx2`` used the way the
-  proxy uses it today, ``aiohttp``'s client, and ``serving.gateway.upstream``;
+  proxy used it before it had its own client, ``aiohttp``'s client, and
+  ``serving.gateway.upstream``;
 * server stacks, in a uvicorn subprocess under the same 32-client load: a raw ASGI app on
   uvicorn with ``h11`` + asyncio, the same on ``httptools`` + uvloop (what uvicorn picks on
-  its own when both are installed, so what the gateway runs today), and the same stack with
+  its own when both are installed, so what the gateway runs), and the same stack with
   a Starlette ``Request`` / ``Response`` round trip in the app;
 * the request-body JSON parse, timed in-process.
 
@@ -120,7 +121,7 @@ async def starlette_app(scope, receive, send) -> None:
 
 SERVERS = {
     "raw ASGI, h11 + asyncio": ("raw", "h11", "asyncio"),
-    "raw ASGI, httptools + uvloop (today's default)": ("raw", "httptools", "uvloop"),
+    "raw ASGI, httptools + uvloop (the gateway)": ("raw", "httptools", "uvloop"),
     "  same, no Server/Date headers": ("raw-bare", "httptools", "uvloop"),
     "Starlette Request/Response, httptools + uvloop": ("starlette", "httptools", "uvloop"),
 }
@@ -181,7 +182,7 @@ def main() -> None:
         base.wait_healthy(f"http://127.0.0.1:{port}")
         print(f"upstream client, {CLIENTS} concurrent requests, CPU per request in the client:")
         for name, bench in (
-            ("httpx2 (today)", bench_httpx2),
+            ("httpx2 (the previous client)", bench_httpx2),
             ("aiohttp", bench_aiohttp),
             ("serving.gateway.upstream", bench_upstream),
         ):

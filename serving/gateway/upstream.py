@@ -310,19 +310,7 @@ class UpstreamResponse:
         return self._raw_headers.get(b"content-type")
 
     async def read(self) -> bytes:
-        conn = self._conn
-        parts: list[bytes] = []
-        try:
-            while True:
-                while conn.chunks:
-                    parts.append(conn.take())
-                if conn.complete:
-                    break
-                await conn.wait(self._timeout_s)
-        except BaseException:
-            self.close()
-            raise
-        self._finish()
+        parts = [part async for part in self.iter_raw()]
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def iter_raw(self) -> AsyncIterator[bytes]:
