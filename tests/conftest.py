@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from collections.abc import Callable
 
 import pytest
 
@@ -18,6 +20,32 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     passed = len(reporter.stats.get("passed", [])) if reporter else 0
     if exitstatus == 0 and passed == 0:
         session.exitstatus = 1
+
+
+def _wait_until(
+    check: Callable[[], object],
+    what: str,
+    timeout_s: float = 60.0,
+    detail: Callable[[], str] | None = None,
+    interval_s: float = 0.2,
+):
+    """Poll ``check`` until it returns something truthy, and return that; on timeout fail
+    naming ``what`` (plus ``detail()``, e.g. the tail of a server log)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval_s)
+    extra = f"\n{detail()}" if detail is not None else ""
+    raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}{extra}")
+
+
+@pytest.fixture(scope="session")
+def wait_until() -> Callable[..., object]:
+    """Bounded polling for tests of real processes (a fixture: under importlib mode test
+    modules cannot import conftest)."""
+    return _wait_until
 
 
 _MLFLOW_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")

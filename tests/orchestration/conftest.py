@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +39,17 @@ class Stack:
             text=True,
             timeout=timeout,
         )
+
+    def execute_job(
+        self, job: str, config: Path | None = None
+    ) -> tuple[subprocess.CompletedProcess[str], dg.DagsterRun]:
+        """``dagster job execute`` of ``job`` (with a run config file), and the run it made."""
+        extra = ["-c", str(config)] if config is not None else []
+        proc = self.dagster("job", "execute", "-m", "orchestration.definitions", "-j", job, *extra)
+        with dg.DagsterInstance.from_config(str(self.dagster_home)) as instance:
+            runs = instance.get_runs(dg.RunsFilter(job_name=job), limit=1)
+        assert runs, f"no run recorded; CLI said:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        return proc, runs[0]
 
 
 def make_stack(tmp_path: Path, instance_yaml: str = "dagster.yaml", **extra_env: str) -> Stack:

@@ -51,23 +51,6 @@ def run_config(tmp: Path, name: str, max_steps: int | None) -> Path:
     return path
 
 
-def execute(stack, config: Path) -> tuple[subprocess.CompletedProcess[str], dg.DagsterRun]:
-    proc = stack.dagster(
-        "job",
-        "execute",
-        "-m",
-        "orchestration.definitions",
-        "-j",
-        "train_and_deploy",
-        "-c",
-        str(config),
-    )
-    with dg.DagsterInstance.from_config(str(stack.dagster_home)) as instance:
-        runs = instance.get_runs(dg.RunsFilter(job_name="train_and_deploy"), limit=1)
-    assert runs, f"no run recorded; CLI said:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc, runs[0]
-
-
 def run_events(stack, run_id: str) -> tuple[dict[str, dict], dict[str, dg.AssetCheckEvaluation]]:
     """This run's materialization metadata by asset, and its check evaluations by check name."""
     materialized, checks = {}, {}
@@ -120,7 +103,7 @@ def test_new_data_challenger_replaces_champion_and_a_worse_one_does_not(stack, t
     try:
         # 1. first run: no champion, v1 promoted directly and served
         write_landing(stack.landing, count=RECORDS_PER_BATCH, seed=0)
-        proc, run = execute(stack, run_config(tmp_path, "run1", None))
+        proc, run = stack.execute_job("train_and_deploy", run_config(tmp_path, "run1", None))
         assert proc.returncode == 0 and run.status == dg.DagsterRunStatus.SUCCESS, proc.stderr
         first_version = corpus_version(stack)
         assert registry.aliases()[CHAMPION] == "1"
@@ -129,7 +112,7 @@ def test_new_data_challenger_replaces_champion_and_a_worse_one_does_not(stack, t
 
         # 2. new data lands; a better-trained challenger is evaluated, canaried and promoted
         write_landing(stack.landing, count=RECORDS_PER_BATCH, seed=1)
-        proc, run = execute(stack, run_config(tmp_path, "run2", 600))
+        proc, run = stack.execute_job("train_and_deploy", run_config(tmp_path, "run2", 600))
         assert proc.returncode == 0 and run.status == dg.DagsterRunStatus.SUCCESS, proc.stderr
         new_version = corpus_version(stack)
         assert new_version > first_version
@@ -163,7 +146,7 @@ def test_new_data_challenger_replaces_champion_and_a_worse_one_does_not(stack, t
         champion_answer = complete(stack)
 
         # 3. a one-step challenger: the gate fails, the run fails, the champion keeps serving
-        proc, run = execute(stack, run_config(tmp_path, "run3", 1))
+        proc, run = stack.execute_job("train_and_deploy", run_config(tmp_path, "run3", 1))
         assert proc.returncode != 0 and run.status == dg.DagsterRunStatus.FAILURE
         materialized, checks = run_events(stack, run.run_id)
         evaluation = materialized["evaluation"]

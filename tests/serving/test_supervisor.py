@@ -7,23 +7,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 
 import httpx
 import openai
 import pytest
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def alive(pid: int) -> bool:
@@ -35,7 +24,7 @@ def alive(pid: int) -> bool:
 
 
 def test_up_serves_restarts_a_killed_engine_and_down_stops_everything(
-    stack_factory, good_model_dir, probe_tasks, helpers
+    stack_factory, good_model_dir, probe_tasks, helpers, wait_until
 ):
     home, stack = stack_factory(good_model_dir)
     gateway = stack["gateway"]["url"]
@@ -55,7 +44,7 @@ def test_up_serves_restarts_a_killed_engine_and_down_stops_everything(
         entry = status["engines"][name]
         return entry if entry["healthy"] and entry["pid"] != engine["pid"] else None
 
-    entry = wait_for(restarted, 120, "the engine to be restarted")
+    entry = wait_until(restarted, "the engine to be restarted", 120)
     assert entry["restarts"] == 1 and entry["url"] == engine["url"]  # same port: route valid
     assert ask().choices[0].text.strip() == answer
 
@@ -63,7 +52,7 @@ def test_up_serves_restarts_a_killed_engine_and_down_stops_everything(
     pids = [status["supervisor_pid"], status["gateway"]["pid"], entry["pid"]]
     done = helpers.serving_cli(home, "down")
     assert done.returncode == 0 and json.loads(done.stdout) == {"stopped": True}
-    wait_for(lambda: not any(alive(p) for p in pids), 30, "all stack processes to exit")
+    wait_until(lambda: not any(alive(p) for p in pids), "all stack processes to exit", 30)
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{gateway}/health", timeout=2)
     assert json.loads(helpers.serving_cli(home, "status").stdout)["running"] is False

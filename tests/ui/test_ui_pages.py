@@ -14,8 +14,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -101,16 +100,6 @@ def test_mlflow_registered_model_shows_champion(servers, browser) -> None:
     assert_real_screenshot(browser.screenshot("mlflow-sovereign-lm"))
 
 
-def _wait(what: str, predicate: Callable[[], object], timeout_s: float = 180) -> object:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _succeeded(instance: dg.DagsterInstance, job: str) -> str | None:
     runs = instance.get_runs(dg.RunsFilter(job_name=job))
     done = [run.run_id for run in runs if run.status == dg.DagsterRunStatus.SUCCESS]
@@ -118,7 +107,7 @@ def _succeeded(instance: dg.DagsterInstance, job: str) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def partner_outage(servers) -> Iterator[dict[str, str]]:
+def partner_outage(servers, wait_until) -> Iterator[dict[str, str]]:
     """A fake OpenAI-style partner first in `auto`, down (500s) until the daemon has failed
     `auto` over to the sovereign model, then healed until it has restored it. Yields the
     two runs' ids."""
@@ -134,17 +123,21 @@ def partner_outage(servers) -> Iterator[dict[str, str]]:
     partner = f"http://127.0.0.1:{port}"
     admin = GatewayAdmin(status(servers.home)["gateway"]["url"], admin_token(servers.home))
     try:
-        _wait("the fake partner", lambda: _up(f"{partner}/health"), 60)
+        wait_until(lambda: _up(f"{partner}/health"), "the fake partner", 60)
         spec = {"kind": "openai", "base_url": f"{partner}/v1", "model": "fake-model"}
         admin.put_partner("gpt", {**spec, "timeout_s": 5.0, "probe_interval_s": 1.0})
         admin.put_fallback_route("auto", ["gpt", ROUTE])
         instance = dg.DagsterInstance.from_config(str(servers.home / "dagster"))
 
         httpx.post(f"{partner}/_control", json={"mode": "error_500"}, timeout=5)
-        failover = _wait("the failover run", lambda: _succeeded(instance, "failover_to_sovereign"))
+        failover = wait_until(
+            lambda: _succeeded(instance, "failover_to_sovereign"), "the failover run", 180
+        )
         assert admin.partners()["fallback_routes"]["auto"]["pinned"] == ROUTE
         httpx.post(f"{partner}/_control", json={"mode": "ok"}, timeout=5)
-        restore = _wait("the restore run", lambda: _succeeded(instance, "restore_partners"))
+        restore = wait_until(
+            lambda: _succeeded(instance, "restore_partners"), "the restore run", 180
+        )
         assert admin.partners()["fallback_routes"]["auto"]["pinned"] is None
         yield {"failover": failover, "restore": restore}
     finally:

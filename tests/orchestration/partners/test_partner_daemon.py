@@ -10,7 +10,6 @@ then recovers; the test only watches the gateway and the Dagster instance (bound
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import dagster as dg
@@ -23,16 +22,6 @@ ROOT = Path(__file__).resolve().parents[3]
 DAEMON = str(Path(sys.executable).with_name("dagster-daemon"))
 
 
-def wait_for(what: str, predicate, timeout_s: float, log: Path):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}; daemon log:\n{log.read_text()[-4000:]}")
-
-
 def runs(instance: dg.DagsterInstance, job: str) -> list[dg.DagsterRun]:
     return list(instance.get_runs(dg.RunsFilter(job_name=job)))
 
@@ -42,11 +31,14 @@ def succeeded(instance: dg.DagsterInstance, job: str) -> dg.DagsterRun | None:
     return done[0] if done else None
 
 
-def test_daemon_fails_over_on_outage_and_restores_on_recovery(stack, partner_world) -> None:
+def test_daemon_fails_over_on_outage_and_restores_on_recovery(
+    stack, partner_world, wait_until
+) -> None:
     world = partner_world(claude="anthropic")
     assert world.home == stack.home
     env = {**world.env, **stack.env, "MLOPS_PARTNER_SENSOR_INTERVAL_S": "2"}
     log = stack.home / "dagster-daemon.log"
+    daemon_log = lambda: f"daemon log:\n{log.read_text()[-4000:]}"  # noqa: E731
     # the instance's storage is created here, before the daemon opens it too
     instance = dg.DagsterInstance.from_config(str(stack.dagster_home))
     with log.open("w") as out:
@@ -60,16 +52,19 @@ def test_daemon_fails_over_on_outage_and_restores_on_recovery(stack, partner_wor
         )
     try:
         world.partners["claude"].set_mode("error_500")
-        failover = wait_for(
-            "the failover run", lambda: succeeded(instance, "failover_to_sovereign"), 240, log
+        failover = wait_until(
+            lambda: succeeded(instance, "failover_to_sovereign"),
+            "the failover run",
+            240,
+            daemon_log,
         )
         route = world.view()["fallback_routes"]["auto"]
         assert route["pinned"] == ROUTE and "claude down" in route["pinned_reason"]
         assert failover.tags["dagster/sensor_name"] == "partner_health_sensor"
 
         world.partners["claude"].set_mode("ok")
-        restore = wait_for(
-            "the restore run", lambda: succeeded(instance, "restore_partners"), 240, log
+        restore = wait_until(
+            lambda: succeeded(instance, "restore_partners"), "the restore run", 240, daemon_log
         )
         assert world.view()["fallback_routes"]["auto"]["pinned"] is None
         assert restore.tags["dagster/sensor_name"] == "partner_health_sensor"

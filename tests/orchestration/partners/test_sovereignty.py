@@ -60,18 +60,7 @@ def test_main_job_completes_and_serves_with_every_partner_unreachable(stack, tmp
     run_config = tmp_path / "run.yaml"
     run_config.write_text(RUN_CONFIG)
     try:
-        proc = stack.dagster(
-            "job",
-            "execute",
-            "-m",
-            "orchestration.definitions",
-            "-j",
-            "train_and_deploy",
-            "-c",
-            str(run_config),
-        )
-        with dg.DagsterInstance.from_config(str(stack.dagster_home)) as instance:
-            [run] = instance.get_runs(dg.RunsFilter(job_name="train_and_deploy"), limit=1)
+        proc, run = stack.execute_job("train_and_deploy", run_config)
         assert proc.returncode == 0 and run.status == dg.DagsterRunStatus.SUCCESS, (
             proc.stdout[-3000:] + proc.stderr[-3000:]
         )

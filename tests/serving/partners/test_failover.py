@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,16 +32,6 @@ KINDS = {"claude": "anthropic", "gpt": "openai", "gem": "gemini"}
 KEYS = {name: f"sk-{name}-SECRET-0b7e1d" for name in KINDS}
 KEY_ENV = {name: f"TEST_{name.upper()}_KEY" for name in KINDS}
 ORDER = ["claude", "gpt", "gem", "sovereign-lm"]
-
-
-def wait_until(check: Callable[[], object], what: str, timeout_s: float = 40.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 @dataclass
@@ -164,7 +153,11 @@ class Load:
 
 
 def outage_then_recovery(
-    stack: Stack, load: Load, break_them: Callable[[], None], heal: Callable[[], None]
+    stack: Stack,
+    load: Load,
+    break_them: Callable[[], None],
+    heal: Callable[[], None],
+    wait_until: Callable[..., object],
 ):
     break_them()
     wait_until(
@@ -172,28 +165,30 @@ def outage_then_recovery(
             p["state"] != "healthy" or p["retry_after_until"] for p in stack.health().values()
         ),
         "every partner to be marked unavailable",
+        40,
     )
     mark = len(load.answers)
-    wait_until(lambda: load.seen_since(mark, "sovereign"), "answers from the sovereign model")
+    wait_until(lambda: load.seen_since(mark, "sovereign"), "answers from the sovereign model", 40)
     assert "partner:claude" not in load.answers[mark + 3 * len(load.threads) :]
     heal()
     wait_until(
         lambda: all(p["state"] == "healthy" for p in stack.health().values()),
         "every partner to recover",
+        40,
     )
     mark = len(load.answers)
-    wait_until(lambda: load.seen_since(mark, "partner:claude"), "answers from claude again")
+    wait_until(lambda: load.seen_since(mark, "partner:claude"), "answers from claude again", 40)
 
 
 def reasons(stack: Stack, name: str) -> list[str]:
     return [f"{t['to']}: {t['reason']}" for t in stack.health()[name]["transitions"]]
 
 
-def test_auto_keeps_answering_through_every_partner_failure(stack):
+def test_auto_keeps_answering_through_every_partner_failure(stack, wait_until):
     fakes = stack.partners
     with Load(stack) as load:
         mark = len(load.answers)
-        wait_until(lambda: load.seen_since(mark, "partner:claude"), "claude to answer")
+        wait_until(lambda: load.seen_since(mark, "partner:claude"), "claude to answer", 40)
 
         def first_outage() -> None:
             fakes["claude"].set_mode("error_500")
@@ -205,7 +200,7 @@ def test_auto_keeps_answering_through_every_partner_failure(stack):
             fakes["gpt"].set_mode("ok")
             fakes["gem"].start()
 
-        outage_then_recovery(stack, load, first_outage, first_heal)
+        outage_then_recovery(stack, load, first_outage, first_heal, wait_until)
 
         def second_outage() -> None:
             fakes["claude"].set_mode("hang")
@@ -216,7 +211,7 @@ def test_auto_keeps_answering_through_every_partner_failure(stack):
             for fake in fakes.values():
                 fake.set_mode("ok")
 
-        outage_then_recovery(stack, load, second_outage, second_heal)
+        outage_then_recovery(stack, load, second_outage, second_heal, wait_until)
 
     assert load.failures == []
     assert len(load.answers) > 50
