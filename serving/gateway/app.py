@@ -116,9 +116,13 @@ def create_app(config: GatewayConfig) -> GatewayASGI:
     saved = store.load()
     table.load_dict(saved)
     partners.load_dict(saved)
+
+    def save() -> None:
+        store.save({**table.to_dict(), **partners.to_dict()})
+
     if config.serving_config is not None:
         _apply_config(partners, config.serving_config)
-        store.save({**table.to_dict(), **partners.to_dict()})
+        save()
     metrics = GatewayMetrics(table, partners=partners)
 
     @asynccontextmanager
@@ -141,8 +145,6 @@ def create_app(config: GatewayConfig) -> GatewayASGI:
                 await pool.aclose()
 
     app = FastAPI(title="sovereign-mlops gateway", docs_url=None, redoc_url=None, lifespan=lifespan)
-    app.state.table = table
-    app.state.partners = partners
 
     install_error_handlers(app)
 
@@ -175,11 +177,11 @@ def create_app(config: GatewayConfig) -> GatewayASGI:
         return {**table.to_dict(), **partners.to_dict(), "breakers": table.breakers()}
 
     def commit() -> dict:
-        store.save({**table.to_dict(), **partners.to_dict()})
+        save()
         return state()
 
     def commit_partners() -> dict:
-        commit()
+        save()
         return partners.status()
 
     admin = [Depends(authorize)]
@@ -255,7 +257,6 @@ class GatewayASGI:
 
     def __init__(self, app: FastAPI) -> None:
         self.app = app
-        self.state = app.state
 
     async def __call__(self, scope, receive, send) -> None:
         if (

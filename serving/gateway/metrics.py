@@ -5,8 +5,7 @@ what canary analysis needs: the canary's own error rate, even when users never s
 errors. ``gateway_responses_total`` is what clients saw. Breaker states, canary weights,
 partner states, partner transitions and pins are read from the tables at scrape time, so they
 can never go stale. Partner attempts use the same per-attempt counters, with ``backend`` the
-partner's name. Label children
-are cached because ``.labels()`` is measurable on the proxy hot path.
+partner's name. Label children are cached because ``.labels()`` is measurable on the proxy hot path.
 """
 
 from __future__ import annotations

@@ -2,11 +2,11 @@
 
 A :class:`Backend` is one OpenAI-compatible upstream (a local engine; partners and fallback
 routes live in ``serving/partners/router.py``) with its own timeout and a passive circuit
-breaker (its clock injectable, so partner health reuses it in unit tests). A :class:`Route` is what a client
-names in ``model``: a stable backend plus, during a rollout, a canary at a weight in percent.
-:meth:`Route.attempts` yields the backends to try for one request, in order: the weighted
-pick first and, when that was the canary, the stable backend as the single retry, so a
-failing canary is never user-visible. Breakers are consulted lazily, one attempt at a time,
+breaker (its clock injectable, so partner health reuses it in unit tests). A :class:`Route`
+is what a client names in ``model``: a stable backend plus, during a rollout, a canary at a
+weight in percent. :meth:`Route.attempts` yields the backends to try for one request, in
+order: the weighted pick first and, when that was the canary, the stable backend as the
+single retry, so a failing canary is never user-visible. Breakers are consulted lazily, one attempt at a time,
 so a half-open probe slot is only taken by a request that really goes there.
 
 The table is plain data with ``to_dict``/``from_dict``; persistence lives in ``state.py``.

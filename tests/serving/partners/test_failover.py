@@ -222,7 +222,9 @@ def test_auto_keeps_answering_through_every_partner_failure(stack, wait_until):
     )
     assert "(last: timeout)" in claude or "(last: probe_timeout)" in claude
     assert "healthy: 3 consecutive successes" in claude
-    assert "status_429" in gpt and "malformed" in gpt
+    # a 429 with Retry-After holds gpt back without a state change unless enough of them
+    # fill the window, so its evidence is the error count, not a transition
+    assert "malformed" in gpt
     assert "connect" in gem and "degraded: p95 latency" in gem
     assert all(
         f["counts"]["unauthorized"] == 0 for f in map(lambda p: p.app.state(), fakes.values())
@@ -236,6 +238,7 @@ def test_auto_keeps_answering_through_every_partner_failure(stack, wait_until):
         in metrics
     )
     assert 'gateway_backend_requests_total{backend="claude",route="auto"}' in metrics
+    assert 'gateway_backend_errors_total{backend="gpt",kind="status_429",route="auto"}' in metrics
     assert 'gateway_retries_total{from_backend="claude",route="auto",to_backend="gpt"}' in metrics
     status = json.dumps(stack.admin.partners())
     log = stack.gateway.log.read_text()
