@@ -24,10 +24,18 @@ class AlertsResource(dg.ConfigurableResource):
         return notifiers
 
 
+# ``monitor_all_code_locations``: a run launched with ``dagster job execute`` (the README's CI
+# path) carries no code-location origin, so a sensor that watches only its own location never
+# sees it; an operator wants every failed run of the instance reported, however it started.
 @dg.run_failure_sensor(
     name="run_failure_alerts",
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Records every failed run under $MLOPS_HOME/alerts and notifies (log, webhook).",
+    monitor_all_code_locations=True,
+    minimum_interval_seconds=5,
+    description=(
+        "Records every failed run of the instance (UI, schedule, sensor or `dagster job "
+        "execute`) under $MLOPS_HOME/alerts and notifies (log, webhook)."
+    ),
 )
 def run_failure_alerts(
     context: dg.RunFailureSensorContext, mlops: MlopsHome, alerts: AlertsResource
