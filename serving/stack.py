@@ -28,6 +28,9 @@ from serving.gateway.client import GatewayAdmin
 from serving.supervisor import StackPaths
 
 ROUTE = "sovereign-lm"
+#: The gateway's port on one machine when ``--gateway-port`` is not given and it is free;
+#: the port in use is remembered under ``$MLOPS_HOME/serving`` so URLs survive down / up.
+DEFAULT_GATEWAY_PORT = 8100
 
 
 class StackError(RuntimeError):
@@ -38,6 +41,38 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on ``port`` now (connections of a stopped server still
+    in TIME_WAIT do not count: servers bind with SO_REUSEADDR, as this check does)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def gateway_port(paths: StackPaths, requested: int | None) -> int:
+    """The port ``up`` gives the gateway: the one asked for, else the one this ``$MLOPS_HOME``
+    used last, else :data:`DEFAULT_GATEWAY_PORT` (or any free port when that one is taken).
+    The choice is written to ``serving/gateway-port`` so the printed URL stays valid."""
+    remembered = paths.root / "gateway-port"
+    port, source = requested, "--gateway-port"
+    if port is None and remembered.is_file():
+        port, source = int(remembered.read_text().strip() or 0) or None, str(remembered)
+    if port is None:
+        port = DEFAULT_GATEWAY_PORT if port_is_free(DEFAULT_GATEWAY_PORT) else free_port()
+    elif not port_is_free(port):
+        raise StackError(
+            f"gateway port {port} (from {source}) is in use by another process; free it, "
+            "or pass --gateway-port with another port"
+        )
+    paths.root.mkdir(parents=True, exist_ok=True)
+    remembered.write_text(f"{port}\n")
+    return port
 
 
 def engine_name(model_dir: Path) -> str:
@@ -156,7 +191,7 @@ class SupervisedFleet:
 def up(
     mlops_home: Path,
     model_dir: Path,
-    gateway_port: int | None = None,
+    port: int | None = None,
     engine: EngineKind = "embedded",
     timeout_s: float = 180.0,
 ) -> dict:
@@ -167,7 +202,7 @@ def up(
     engine_command(EngineSpec(Path(model_dir), ROUTE, port=1, engine=engine))  # vLLM present?
     with paths.edit_desired() as desired:
         if not desired.get("gateway"):
-            desired["gateway"] = {"host": "127.0.0.1", "port": gateway_port or free_port()}
+            desired["gateway"] = {"host": "127.0.0.1", "port": gateway_port(paths, port)}
     if supervisor_pid(paths) is None:
         paths.log("supervisor").parent.mkdir(parents=True, exist_ok=True)
         with paths.log("supervisor").open("ab") as out:

@@ -1,5 +1,7 @@
 """Contract: ``python -m serving up|status|down`` runs gateway + engine as supervised
-processes, routes ``sovereign-lm`` to the engine, and restarts a crashed child.
+processes, routes ``sovereign-lm`` to the engine, and restarts a crashed child; the
+gateway's URL stays the same across ``down`` / ``up`` of one ``$MLOPS_HOME``, and a port
+taken by another process is refused by name.
 """
 
 from __future__ import annotations
@@ -7,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 
 import httpx
 import openai
@@ -56,3 +59,18 @@ def test_up_serves_restarts_a_killed_engine_and_down_stops_everything(
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{gateway}/health", timeout=2)
     assert json.loads(helpers.serving_cli(home, "status").stdout)["running"] is False
+
+    again = helpers.serving_cli(home, "up", "--model", str(good_model_dir))
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["gateway"]["url"] == gateway  # the printed URL still works
+    assert ask().choices[0].text.strip() == answer
+    assert helpers.serving_cli(home, "down").returncode == 0
+
+    port = int(gateway.rsplit(":", 1)[1])
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        refused = helpers.serving_cli(home, "up", "--model", str(good_model_dir))
+    assert refused.returncode != 0
+    assert f"gateway port {port}" in refused.stderr and "--gateway-port" in refused.stderr
