@@ -47,6 +47,7 @@ class ReasonCode(StrEnum):
     SYMLINK = "symlink"
     OUTSIDE_LANDING = "outside_landing"
     UNREADABLE_FILE = "unreadable_file"
+    DEAD_LETTERED = "dead_lettered"  # a streamed message whose processing failed max_deliver times
 
 
 #: What to tell the operator for each record-level code; file-level reasons are built per file.

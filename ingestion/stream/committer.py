@@ -1,0 +1,266 @@
+"""The micro-batch committer: pull a batch, commit it to the lake, then acknowledge it.
+
+One step: collect up to ``max_messages`` deliveries or wait ``max_wait_s``, whichever comes
+first; build the corpus and quarantine rows (``batch.build_batch``: the file path's record
+contract); append the corpus rows in ONE Delta commit, the quarantine rows in one more, the
+ledger row last; only then ack. Consequences:
+
+- A crash before the acks means redelivery; the redelivered records are recognised in the
+  tables themselves (``ledger`` explains how) and nothing is stored twice.
+- While the lake cannot be written nothing is acked: the commit is retried with capped
+  exponential backoff, and the held messages are kept in progress at the broker meanwhile so
+  they are neither redelivered nor counted as failed deliveries. No new batch is pulled, so
+  the backlog stays in the broker (back-pressure), never in memory.
+- A message whose decoding raises is left out of the batch and redelivered later with a
+  growing delay; on its last allowed delivery it is dead-lettered instead, and a quarantine
+  row with the error is committed with the batch. It never blocks the messages behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+
+from ingestion import lake
+from ingestion.parse import parse_json_line
+from ingestion.stream import ledger
+from ingestion.stream.batch import BatchRules, Decoder, build_batch, dead_letter_rows
+from ingestion.stream.metrics import StreamMetrics
+from ingestion.stream.source import Delivery, StreamSource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CommitterConfig:
+    lake_dir: Path
+    max_messages: int = 1000  # per micro-batch
+    max_wait_s: float = 1.0  # longest a batch waits to fill
+    max_text_chars: int = 100_000
+    excerpt_chars: int = 512
+    retry_base_s: float = 0.5  # first wait after a failed lake write, doubled each time
+    retry_max_s: float = 15.0  # cap; must stay below the broker's ack wait
+    redeliver_base_s: float = 1.0  # delay before a failed message comes back, doubled
+    redeliver_max_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lake_dir", Path(self.lake_dir))
+        if self.max_messages < 1:
+            raise ValueError(f"CommitterConfig.max_messages must be >= 1, got {self.max_messages}")
+        for name in ("max_wait_s", "retry_base_s", "retry_max_s", "redeliver_base_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"CommitterConfig.{name} must be positive")
+
+
+@dataclass(frozen=True)
+class CommitReport:
+    messages: int
+    accepted: int
+    duplicates: int
+    quarantined: int
+    dead_lettered: int
+    retried: int
+    corpus_version: int | None
+    lake_attempts: int
+
+
+class MicroBatchCommitter:
+    def __init__(
+        self,
+        source: StreamSource,
+        config: CommitterConfig,
+        run_id: str | None = None,
+        decoder: Decoder = parse_json_line,
+        metrics: StreamMetrics | None = None,
+    ) -> None:
+        self.source = source
+        self.config = config
+        self.run_id = run_id or uuid.uuid4().hex
+        self.decoder = decoder
+        self.metrics = metrics or StreamMetrics(source.name)
+        self.rules = BatchRules(source.name, config.max_text_chars, config.excerpt_chars)
+        self._ids: lake.IdSet | None = None
+        self._suite = None
+
+    @property
+    def corpus_path(self) -> Path:
+        return self.config.lake_dir / "corpus"
+
+    @property
+    def quarantine_path(self) -> Path:
+        return self.config.lake_dir / "quarantine"
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Commit micro-batches until ``stop`` is set."""
+        stop = stop or asyncio.Event()
+        while not stop.is_set():
+            await self.step()
+
+    async def step(self) -> CommitReport | None:
+        """One micro-batch; None when nothing arrived within ``max_wait_s``."""
+        deliveries = await self._collect()
+        if not deliveries:
+            await self._update_lag()
+            return None
+        report = await self._commit_with_retry(deliveries)
+        await self._update_lag()
+        return report
+
+    async def _collect(self) -> list[Delivery]:
+        config, got = self.config, []
+        deadline = time.monotonic() + config.max_wait_s
+        while len(got) < config.max_messages:
+            left = deadline - time.monotonic()
+            if left <= 0.01:
+                break
+            try:
+                got += await self.source.fetch(config.max_messages - len(got), left)
+            except Exception as exc:  # broker unreachable or restarting: wait it out
+                log.warning("fetching from %s failed (%s); retrying", self.source.name, exc)
+                await asyncio.sleep(min(left, 0.5))
+        return got
+
+    async def _commit_with_retry(self, deliveries: list[Delivery]) -> CommitReport:
+        attempt = 0
+        while True:
+            attempt += 1
+            started = time.perf_counter()
+            try:
+                tables, corpus_version = self._commit(deliveries)
+                break
+            except Exception as exc:
+                # Anything may have been written before the failure: forget what we believe is
+                # stored; the next attempt re-reads it and skips what is already there.
+                self._ids = None
+                delay = min(self.config.retry_base_s * 2 ** (attempt - 1), self.config.retry_max_s)
+                self.metrics.commit_failures.inc()
+                self.metrics.lake_unavailable.set(1)
+                log.warning(
+                    "writing a micro-batch of %d messages to %s failed (attempt %d: %s); "
+                    "nothing acknowledged, retrying in %.1fs",
+                    len(deliveries),
+                    self.config.lake_dir,
+                    attempt,
+                    exc,
+                    delay,
+                )
+                await self._keep_alive(deliveries)
+                await asyncio.sleep(delay)
+        self.metrics.lake_unavailable.set(0)
+        self.metrics.commit_seconds.observe(time.perf_counter() - started)
+        return await self._settle(deliveries, tables, corpus_version, attempt)
+
+    def _commit(self, deliveries: list[Delivery]):
+        now = datetime.now(UTC)
+        if self._ids is None:
+            self._ids = lake.IdSet.from_corpus(self.corpus_path)
+        if self._suite is None:
+            from ingestion.validation import CorpusSuite
+
+            self._suite = CorpusSuite(self.config.max_text_chars)
+        sequences = [d.sequence for d in deliveries]
+        already = ledger.quarantined_sequences(self.quarantine_path, self.source.name, sequences)
+        tables = build_batch(
+            deliveries, self.rules, self._ids, self._suite, self.run_id, now, already, self.decoder
+        )
+        last = [(d, e) for d, e in tables.failed if d.attempt >= self.source.max_deliver]
+        given_up = dead_letter_rows(
+            [(d, e) for d, e in last if d.sequence not in already], self.rules, self.run_id, now
+        )
+        quarantine = pa.concat_tables([tables.quarantine, given_up])
+        corpus_version = lake.table_version(self.corpus_path)
+        if tables.corpus.num_rows:
+            corpus_version = lake.append(self.corpus_path, tables.corpus, lake.CORPUS_SCHEMA)
+        quarantine_version = None
+        if quarantine.num_rows:
+            quarantine_version = lake.append(
+                self.quarantine_path, quarantine, lake.QUARANTINE_SCHEMA
+            )
+        self._ids.add(tables.digests)
+        published = [d.published_at for d in deliveries if d.published_at is not None]
+        counts = {
+            "accepted": tables.accepted,
+            "duplicates": tables.duplicates,
+            "quarantined": tables.quarantined,
+            "dead_lettered": len(last),
+            "retried": len(tables.failed) - len(last),
+        }
+        ledger.append_commit(
+            self.config.lake_dir,
+            ledger.commit_row(
+                self.source.name,
+                self.run_id,
+                sequences,
+                counts,
+                corpus_version,
+                quarantine_version,
+                min(published) if published else None,
+                datetime.now(UTC),
+            ),
+        )
+        return tables, corpus_version
+
+    async def _settle(self, deliveries, tables, corpus_version, attempts) -> CommitReport:
+        """After the commit: dead-letter, schedule redelivery, acknowledge the rest."""
+        failed = {d.sequence: (d, e) for d, e in tables.failed}
+        dead = retried = 0
+        for delivery, error in failed.values():
+            try:
+                if delivery.attempt >= self.source.max_deliver:
+                    await self.source.dead_letter(delivery, error)
+                    dead += 1
+                else:
+                    delay = min(
+                        self.config.redeliver_base_s * 2 ** (delivery.attempt - 1),
+                        self.config.redeliver_max_s,
+                    )
+                    await self.source.retry(delivery, delay)
+                    retried += 1
+            except Exception as exc:  # the broker will redeliver it; that is safe
+                log.warning("could not settle failed message %d: %s", delivery.sequence, exc)
+        done = [d for d in deliveries if d.sequence not in failed]
+        try:
+            await self.source.ack(done)
+        except Exception as exc:
+            log.warning(
+                "acknowledging %d committed messages failed (%s); they will be redelivered "
+                "and recognised as already stored",
+                len(done),
+                exc,
+            )
+        m = self.metrics
+        m.commits.inc()
+        m.records("accepted", tables.accepted)
+        m.records("duplicate", tables.duplicates)
+        m.records("quarantined", tables.quarantined)
+        m.records("dead_lettered", dead)
+        m.records("retried", retried)
+        return CommitReport(
+            len(deliveries),
+            tables.accepted,
+            tables.duplicates,
+            tables.quarantined,
+            dead,
+            retried,
+            corpus_version,
+            attempts,
+        )
+
+    async def _keep_alive(self, deliveries: list[Delivery]) -> None:
+        try:
+            await self.source.keep_alive(deliveries)
+        except Exception as exc:
+            log.warning("could not extend the ack deadline of held messages: %s", exc)
+
+    async def _update_lag(self) -> None:
+        try:
+            self.metrics.lag.set((await self.source.lag()).total)
+        except Exception as exc:
+            log.debug("lag unavailable: %s", exc)
