@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     _broker_flags(con)
     args = parser.parse_args(argv)
     configure_logging("ingestion")
+    # its import logs dozens of INFO lines about its own decorators
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     try:
         source_config = broker_config(args)
         if args.command == "publish":

@@ -32,6 +32,7 @@ from ingestion import lake
 from ingestion.parse import parse_json_line
 from ingestion.stream import ledger
 from ingestion.stream.batch import BatchRules, Decoder, build_batch, dead_letter_rows
+from ingestion.stream.jetstream import MAX_ACK_PENDING
 from ingestion.stream.metrics import StreamMetrics
 from ingestion.stream.source import Delivery, StreamSource
 
@@ -52,8 +53,11 @@ class CommitterConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lake_dir", Path(self.lake_dir))
-        if self.max_messages < 1:
-            raise ValueError(f"CommitterConfig.max_messages must be >= 1, got {self.max_messages}")
+        if not 1 <= self.max_messages <= MAX_ACK_PENDING:
+            raise ValueError(
+                f"CommitterConfig.max_messages must be within 1..{MAX_ACK_PENDING} (what the "
+                f"broker lets a consumer hold unacknowledged), got {self.max_messages}"
+            )
         for name in ("max_wait_s", "retry_base_s", "retry_max_s", "redeliver_base_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"CommitterConfig.{name} must be positive")

@@ -32,6 +32,8 @@ from nats.js.errors import NotFoundError
 
 from ingestion.stream.source import Delivery, Lag
 
+#: Deliveries the broker lets one consumer hold unacknowledged: the largest micro-batch.
+MAX_ACK_PENDING = 20_000
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _SUBJECT = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 
@@ -84,9 +86,10 @@ async def connect(config: JetStreamConfig) -> Client:
     )
 
 
-async def ensure_streams(nc: Client, config: JetStreamConfig) -> None:
-    """Create the record stream, the dead-letter stream and the durable consumer if missing
-    (idempotent; an existing consumer keeps its position)."""
+async def ensure_streams(nc: Client, config: JetStreamConfig, consumer: bool = True) -> None:
+    """Create the record stream, the dead-letter stream and (unless ``consumer`` is False, as
+    for a publisher) the durable consumer if missing. Idempotent; an existing consumer keeps
+    its position and settings."""
     js = nc.jetstream(timeout=config.request_timeout_s)
     for name, subject in (
         (config.stream, config.subject),
@@ -104,6 +107,8 @@ async def ensure_streams(nc: Client, config: JetStreamConfig) -> None:
                     duplicate_window=120.0,
                 )
             )
+    if not consumer:
+        return
     try:
         await js.consumer_info(config.stream, config.durable)
     except NotFoundError:
@@ -113,9 +118,12 @@ async def ensure_streams(nc: Client, config: JetStreamConfig) -> None:
                 durable_name=config.durable,
                 ack_policy=api.AckPolicy.EXPLICIT,
                 deliver_policy=api.DeliverPolicy.ALL,
-                max_deliver=config.max_deliver,
+                # one spare delivery: if the consumer dies while dead-lettering a message on
+                # its last allowed delivery, the message comes back once more to finish that
+                max_deliver=config.max_deliver + 1,
                 ack_wait=config.ack_wait_s,
                 filter_subject=config.subject,
+                max_ack_pending=MAX_ACK_PENDING,
             ),
         )
 
@@ -146,7 +154,7 @@ class JetStreamSource:
     async def fetch(self, max_messages: int, timeout_s: float) -> list[Delivery]:
         try:
             messages = await self._sub.fetch(max_messages, timeout=timeout_s)
-        except NatsTimeout:
+        except (NatsTimeout, TimeoutError):  # nats-py raises either when nothing arrived
             return []
         out = []
         for message in messages:

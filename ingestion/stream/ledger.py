@@ -66,7 +66,7 @@ def read_commits(lake_dir: Path, after_version: int | None = None) -> tuple[pa.T
         return STREAM_COMMITS_SCHEMA.empty_table(), None
     version = table.version()
     if after_version is None:
-        return table.to_pyarrow_table(), version
+        return table.to_pyarrow_table().sort_by("committed_at"), version
     if after_version >= version:
         return STREAM_COMMITS_SCHEMA.empty_table(), version
     seen = set(DeltaTable(str(ledger_path(lake_dir)), version=after_version).file_uris())

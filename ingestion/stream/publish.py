@@ -114,7 +114,7 @@ async def publish_file(
     file_id = _file_id(path)
     nc = await connect(config)
     try:
-        await ensure_streams(nc, config)
+        await ensure_streams(nc, config, consumer=False)
         js = nc.jetstream(timeout=config.request_timeout_s)
         published = duplicates = not_sent = 0
         first = last = None
