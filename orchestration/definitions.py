@@ -47,6 +47,7 @@ train_and_deploy = dg.define_asset_job(
 
 defs = dg.Definitions.merge(
     data.defs,
+    data.stream_defs,
     training.defs,
     registry.defs,
     serving.defs,

@@ -8,6 +8,7 @@ from orchestration.jobs import LAKE_WRITER_TAGS
 
 from .assets import corpus_split, ingest_landing_files
 from .sensors import landing_zone_sensor
+from .stream import StreamResource, stream_commits_sensor, stream_consumer_lag
 
 ingest_job = dg.define_asset_job(
     "ingest",
@@ -20,4 +21,10 @@ defs = dg.Definitions(
     assets=[ingest_landing_files, corpus_split],
     jobs=[ingest_job],
     sensors=[landing_zone_sensor],
+)
+
+stream_defs = dg.Definitions(
+    asset_checks=[stream_consumer_lag],
+    sensors=[stream_commits_sensor],
+    resources={"stream": StreamResource()},
 )
