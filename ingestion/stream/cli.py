@@ -65,6 +65,7 @@ async def consume(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     committer = MicroBatchCommitter(source, config, metrics=metrics)
+    committer.warm_up()
     log.info(
         "consuming %s (durable %s) into %s: up to %d messages or %.1fs per batch",
         source.name,
@@ -89,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     _broker_flags(pub)
     con = commands.add_parser("consume", help="commit the stream into the lake (long-running)")
     con.add_argument("--home", type=Path, default=None, help="MLOPS_HOME (default: env)")
-    con.add_argument("--batch-messages", type=int, default=1000)
-    con.add_argument("--batch-wait", type=float, default=1.0, help="seconds")
+    con.add_argument("--batch-messages", type=int, default=CommitterConfig.max_messages)
+    con.add_argument("--batch-wait", type=float, default=CommitterConfig.max_wait_s, help="seconds")
     con.add_argument("--metrics-port", type=int, default=None)
     _broker_flags(con)
     args = parser.parse_args(argv)

@@ -42,7 +42,9 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class CommitterConfig:
     lake_dir: Path
-    max_messages: int = 1000  # per micro-batch
+    # per micro-batch: the expectation suite costs ~0.5 s a batch whatever its size, so small
+    # batches cap throughput (measured: 1,000 -> ~630 records/s, 5,000 -> ~1,600)
+    max_messages: int = 5000
     max_wait_s: float = 1.0  # longest a batch waits to fill
     max_text_chars: int = 100_000
     excerpt_chars: int = 512
@@ -100,6 +102,24 @@ class MicroBatchCommitter:
     @property
     def quarantine_path(self) -> Path:
         return self.config.lake_dir / "quarantine"
+
+    def warm_up(self) -> None:
+        """Load the corpus record ids and build the expectation suite now (seconds), rather
+        than in the first batch's latency."""
+        self._known_ids()
+        self._corpus_suite()
+
+    def _known_ids(self) -> lake.IdSet:
+        if self._ids is None:
+            self._ids = lake.IdSet.from_corpus(self.corpus_path)
+        return self._ids
+
+    def _corpus_suite(self):
+        if self._suite is None:
+            from ingestion.validation import CorpusSuite  # imports Great Expectations: seconds
+
+            self._suite = CorpusSuite(self.config.max_text_chars)
+        return self._suite
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Commit micro-batches until ``stop`` is set."""
@@ -163,16 +183,11 @@ class MicroBatchCommitter:
 
     def _commit(self, deliveries: list[Delivery]):
         now = datetime.now(UTC)
-        if self._ids is None:
-            self._ids = lake.IdSet.from_corpus(self.corpus_path)
-        if self._suite is None:
-            from ingestion.validation import CorpusSuite
-
-            self._suite = CorpusSuite(self.config.max_text_chars)
+        ids, suite = self._known_ids(), self._corpus_suite()
         sequences = [d.sequence for d in deliveries]
         already = ledger.quarantined_sequences(self.quarantine_path, self.source.name, sequences)
         tables = build_batch(
-            deliveries, self.rules, self._ids, self._suite, self.run_id, now, already, self.decoder
+            deliveries, self.rules, ids, suite, self.run_id, now, already, self.decoder
         )
         last = [(d, e) for d, e in tables.failed if d.attempt >= self.source.max_deliver]
         given_up = dead_letter_rows(
@@ -187,7 +202,7 @@ class MicroBatchCommitter:
             quarantine_version = lake.append(
                 self.quarantine_path, quarantine, lake.QUARANTINE_SCHEMA
             )
-        self._ids.add(tables.digests)
+        ids.add(tables.digests)
         published = [d.published_at for d in deliveries if d.published_at is not None]
         counts = {
             "accepted": tables.accepted,

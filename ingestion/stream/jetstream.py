@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import nats
 from nats.aio.client import Client
@@ -128,6 +129,28 @@ async def ensure_streams(nc: Client, config: JetStreamConfig, consumer: bool = T
         )
 
 
+def _delivery(message) -> Delivery:
+    # The ack subject is $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.
+    # <timestamp ns>.<pending>; splitting it here costs a fraction of nats-py's Metadata object
+    # (measured: a third of the consumer's time outside the lake). Other forms (domains) go
+    # through nats-py.
+    tokens = (message.reply or "").split(".")
+    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        attempt, sequence = int(tokens[4]), int(tokens[5])
+        published = datetime.fromtimestamp(int(tokens[7]) / 1e9, UTC)
+    else:
+        meta = message.metadata
+        attempt, sequence, published = meta.num_delivered, meta.sequence.stream, meta.timestamp
+    return Delivery(
+        data=message.data,
+        sequence=sequence,
+        attempt=attempt,
+        published_at=published,
+        headers=dict(message.headers or {}),
+        handle=message,
+    )
+
+
 class JetStreamSource:
     """``StreamSource`` over one durable pull consumer. Build it with ``open``."""
 
@@ -156,20 +179,7 @@ class JetStreamSource:
             messages = await self._sub.fetch(max_messages, timeout=timeout_s)
         except (NatsTimeout, TimeoutError):  # nats-py raises either when nothing arrived
             return []
-        out = []
-        for message in messages:
-            meta = message.metadata
-            out.append(
-                Delivery(
-                    data=message.data,
-                    sequence=meta.sequence.stream,
-                    attempt=meta.num_delivered,
-                    published_at=meta.timestamp,
-                    headers=dict(message.headers or {}),
-                    handle=message,
-                )
-            )
-        return out
+        return [_delivery(message) for message in messages]
 
     async def ack(self, deliveries: list[Delivery]) -> None:
         for delivery in deliveries:
