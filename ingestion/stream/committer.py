@@ -254,6 +254,18 @@ class MicroBatchCommitter:
                 len(done),
                 exc,
             )
+        log.info(
+            "committed messages %d..%d: %d accepted, %d duplicates, %d quarantined, "
+            "%d dead-lettered, %d to retry; corpus version %s",
+            min(d.sequence for d in deliveries),
+            max(d.sequence for d in deliveries),
+            tables.accepted,
+            tables.duplicates,
+            tables.quarantined,
+            dead,
+            retried,
+            corpus_version,
+        )
         m = self.metrics
         m.commits.inc()
         m.records("accepted", tables.accepted)
