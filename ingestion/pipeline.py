@@ -42,6 +42,7 @@ from ingestion.report import (
     ValidationSummary,
 )
 from ingestion.run import FileRun, RunState
+from ingestion.writer_lock import corpus_writer
 
 __all__ = [
     "FileReport",
@@ -121,6 +122,11 @@ def ingest(
     """Ingest ``paths`` (absolute, or relative to the landing dir), or everything ``discover``
     finds. Never raises for a bad file: each file gets a ``FileReport``."""
     run_id = run_id or uuid.uuid4().hex
+    with corpus_writer(config.lake_dir):  # the stream consumer appends to the corpus too
+        return _ingest_locked(config, paths, run_id)
+
+
+def _ingest_locked(config: IngestConfig, paths: list[Path] | None, run_id: str) -> IngestReport:
     for stale in config.lake_dir.glob(".spill-*"):  # left by a run that was killed
         shutil.rmtree(stale, ignore_errors=True)
     landed = discover(config) if paths is None else []

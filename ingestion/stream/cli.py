@@ -4,8 +4,8 @@
 long-running consumer: micro-batches into ``$MLOPS_HOME/lake`` until SIGTERM or SIGINT, which
 let the batch in hand finish (commit, then ack) before it exits; Prometheus metrics on
 ``--metrics-port``. Both create the streams and the durable consumer if they are missing.
-Broker settings come from flags, defaulting to ``MLOPS_NATS_URL`` (read here, at run time)
-and the names in ``JetStreamConfig``.
+Broker settings come from flags, defaulting to ``MLOPS_NATS_URL`` and ``MLOPS_NATS_STREAM``
+(read here, at run time) and the names in ``JetStreamConfig``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 def _broker_flags(parser: argparse.ArgumentParser) -> None:
     d = JetStreamConfig()
     parser.add_argument("--url", default=None, help=f"NATS URL (MLOPS_NATS_URL, else {d.url})")
-    parser.add_argument("--stream", default=d.stream)
+    parser.add_argument("--stream", default=None, help=f"MLOPS_NATS_STREAM, else {d.stream}")
     parser.add_argument("--subject", default=d.subject)
     parser.add_argument("--durable", default=d.durable, help="durable consumer name")
     parser.add_argument("--dead-letter-stream", default=d.dead_letter_stream)
@@ -43,7 +43,7 @@ def _broker_flags(parser: argparse.ArgumentParser) -> None:
 def broker_config(args: argparse.Namespace) -> JetStreamConfig:
     return JetStreamConfig(
         url=args.url or os.environ.get("MLOPS_NATS_URL") or JetStreamConfig.url,
-        stream=args.stream,
+        stream=args.stream or os.environ.get("MLOPS_NATS_STREAM") or JetStreamConfig.stream,
         subject=args.subject,
         durable=args.durable,
         dead_letter_stream=args.dead_letter_stream,

@@ -35,8 +35,10 @@ from ingestion.stream.batch import BatchRules, Decoder, build_batch, dead_letter
 from ingestion.stream.jetstream import MAX_ACK_PENDING
 from ingestion.stream.metrics import StreamMetrics
 from ingestion.stream.source import Delivery, StreamSource
+from ingestion.writer_lock import corpus_writer
 
 log = logging.getLogger(__name__)
+LOCK_WAIT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ class MicroBatchCommitter:
         self.metrics = metrics or StreamMetrics(source.name)
         self.rules = BatchRules(source.name, config.max_text_chars, config.excerpt_chars)
         self._ids: lake.IdSet | None = None
+        self._ids_version: int | None = None  # the corpus version ``_ids`` reflects
         self._suite = None
 
     @property
@@ -110,8 +113,12 @@ class MicroBatchCommitter:
         self._corpus_suite()
 
     def _known_ids(self) -> lake.IdSet:
-        if self._ids is None:
+        """The corpus record ids, re-read when another writer (a landing-zone ingest) has
+        committed since they were read."""
+        version = lake.table_version(self.corpus_path)
+        if self._ids is None or version != self._ids_version:
             self._ids = lake.IdSet.from_corpus(self.corpus_path)
+            self._ids_version = version
         return self._ids
 
     def _corpus_suite(self):
@@ -182,6 +189,12 @@ class MicroBatchCommitter:
         return await self._settle(deliveries, tables, corpus_version, attempt)
 
     def _commit(self, deliveries: list[Delivery]):
+        # a landing-zone ingest waiting for the lock only delays this batch: the timeout makes
+        # it a failed attempt, retried with backoff while the batch is kept alive
+        with corpus_writer(self.config.lake_dir, timeout_s=LOCK_WAIT_S):
+            return self._commit_locked(deliveries)
+
+    def _commit_locked(self, deliveries: list[Delivery]):
         now = datetime.now(UTC)
         ids, suite = self._known_ids(), self._corpus_suite()
         sequences = [d.sequence for d in deliveries]
@@ -197,6 +210,7 @@ class MicroBatchCommitter:
         corpus_version = lake.table_version(self.corpus_path)
         if tables.corpus.num_rows:
             corpus_version = lake.append(self.corpus_path, tables.corpus, lake.CORPUS_SCHEMA)
+            self._ids_version = corpus_version
         quarantine_version = None
         if quarantine.num_rows:
             quarantine_version = lake.append(

@@ -26,20 +26,34 @@ from ingestion.stream.jetstream import JetStreamConfig
 from orchestration.resources import MlopsHome
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
+INTERVAL_ENV = "MLOPS_STREAM_SENSOR_INTERVAL_S"
+
+
+def sensor_interval_s() -> int:
+    """``MLOPS_STREAM_SENSOR_INTERVAL_S`` (whole seconds, >= 1), default 30. Read when the code
+    location loads, because Dagster fixes a sensor's interval in its definition."""
+    raw = os.environ.get(INTERVAL_ENV, "").strip() or "30"
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{INTERVAL_ENV}={raw!r}: expected a whole number of seconds >= 1")
+    return int(raw)
 
 
 class StreamResource(dg.ConfigurableResource):
     """Where the record stream is and when its lag deserves a warning. ``url`` empty means
-    ``$MLOPS_NATS_URL``, else the local broker."""
+    ``$MLOPS_NATS_URL``, else the local broker; ``stream`` empty means ``$MLOPS_NATS_STREAM``,
+    else ``MLOPS_RECORDS`` (the consumer's defaults too)."""
 
     url: str | None = None
-    stream: str = JetStreamConfig.stream
+    stream: str | None = None
     durable: str = JetStreamConfig.durable
     lag_warn_messages: int = 10_000
     timeout_s: float = 5.0
 
     def broker_url(self) -> str:
         return self.url or os.environ.get("MLOPS_NATS_URL") or DEFAULT_URL
+
+    def stream_name(self) -> str:
+        return self.stream or os.environ.get("MLOPS_NATS_STREAM") or JetStreamConfig.stream
 
     def lag(self) -> tuple[int, int] | None:
         """(pending, unacked) of the durable consumer; None if it does not exist yet. Raises
@@ -54,7 +68,7 @@ class StreamResource(dg.ConfigurableResource):
             )
             try:
                 js = nc.jetstream(timeout=self.timeout_s)
-                info = await js.consumer_info(self.stream, self.durable)
+                info = await js.consumer_info(self.stream_name(), self.durable)
                 return info.num_pending or 0, info.num_ack_pending or 0
             except NotFoundError:
                 return None
@@ -84,7 +98,7 @@ def lag_evaluation(stream: StreamResource) -> dg.AssetCheckEvaluation:
         passed=lag is not None and total <= stream.lag_warn_messages,
         severity=dg.AssetCheckSeverity.WARN,
         description=(
-            f"consumer {stream.durable} of stream {stream.stream} does not exist yet"
+            f"consumer {stream.durable} of stream {stream.stream_name()} does not exist yet"
             if lag is None
             else f"{total} messages not yet committed (threshold {stream.lag_warn_messages})"
         ),
@@ -93,7 +107,7 @@ def lag_evaluation(stream: StreamResource) -> dg.AssetCheckEvaluation:
             "pending": pending,
             "unacked": unacked,
             "threshold": stream.lag_warn_messages,
-            "stream": stream.stream,
+            "stream": stream.stream_name(),
             "durable": stream.durable,
         },
     )
@@ -142,7 +156,7 @@ def _materialization(row: dict) -> dg.AssetMaterialization:
 
 @dg.sensor(
     name="stream_commits_sensor",
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=sensor_interval_s(),
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
         "Reports each micro-batch the stream consumer committed as a `corpus` materialization "
