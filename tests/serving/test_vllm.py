@@ -218,6 +218,8 @@ def test_good_vllm_challenger_is_promoted(vllm_stack, challenger, probes, wait_u
     assert result.decision == "promoted", result.reason
     assert promoted == [True]
     assert [s.weight for s in result.timeline] == [0.0, 10.0, 50.0, 100.0]
+    # before any user traffic (weight 0) the warm canary answered every probe
+    assert result.timeline[0].probe_accuracy is not None and result.timeline[0].passed
     assert all(s.passed for s in result.timeline)
     assert result.timeline[-1].canary["requests"] > 0
     assert result.timeline[-1].canary["engine_succeeded"] > 0  # read from vLLM's /metrics
