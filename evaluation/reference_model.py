@@ -36,7 +36,7 @@ class ReferenceModelConfig:
     vocab_size: int = 384
     hidden_size: int = 64
     layers: int = 2
-    heads: int = 4
+    heads: int = 2  # head_dim 32: a shape vLLM serves (training.config.VLLM_HEAD_DIMS)
     max_positions: int = 64
     train_steps: int = 0
     batch_size: int = 32

@@ -50,8 +50,18 @@ def main(argv: list[str] | None = None) -> int:
         "--model", type=Path, default=None, help="model directory (default: the champion)"
     )
     start.add_argument("--gateway-port", type=int, default=None)
-    start.add_argument("--engine", choices=["embedded", "vllm"], default="embedded")
-    start.add_argument("--timeout-s", type=float, default=180.0)
+    start.add_argument(
+        "--engine",
+        choices=["embedded", "vllm"],
+        default="embedded",
+        help="embedded: this package's CPU engine; vllm: vLLM (`make vllm` installs its CPU build)",
+    )
+    start.add_argument(
+        "--timeout-s",
+        type=float,
+        default=None,
+        help="engine start limit (default 180 s, vLLM 600 s)",
+    )
     commands.add_parser("status", help="print the stack as JSON")
     commands.add_parser("down", help="stop the stack")
     commands.add_parser("supervise", help=argparse.SUPPRESS)

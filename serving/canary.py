@@ -29,6 +29,7 @@ from typing import Protocol
 
 import httpx
 
+from serving.engine_metrics import EngineMetricsError, read_engine_metrics
 from serving.gateway.client import BackendStats, GatewayAdmin
 from serving.stack import ROUTE, engine_name
 
@@ -65,6 +66,7 @@ class CanaryConfig:
     max_accuracy_drop: float = 0.0  # canary accuracy may trail stable's by at most this
     breach_min_errors: int = 3  # fewer canary errors than this never triggers a fast rollback
     probe_max_tokens: int = 16
+    max_engine_waiting: int = 256  # canary's own queue (vllm:num_requests_waiting) limit
     request_timeout_s: float = 30.0
     route: str = ROUTE
 
@@ -136,6 +138,16 @@ def check_canary_health(
     problem = _health_problem(state["backends"][canary]["url"])
     if problem is not None:
         return HealthVerdict(False, f"canary {canary} {problem}")
+    try:  # the engine's own view, under vLLM's metric names (both engines export them)
+        engine = read_engine_metrics(state["backends"][canary]["url"])
+    except EngineMetricsError as exc:
+        return HealthVerdict(False, f"canary {canary}: {exc}")
+    if engine.waiting > config.max_engine_waiting:
+        return HealthVerdict(
+            False,
+            f"canary {canary} queue vllm:num_requests_waiting={engine.waiting:.0f} over "
+            f"{config.max_engine_waiting}",
+        )
     now = admin.backend_stats(config.route).get(canary, BackendStats())
     window = now.minus((baseline or {}).get(canary, BackendStats()))
     if window.errors >= config.breach_min_errors and window.error_rate > config.max_error_rate:
@@ -272,6 +284,10 @@ class CanaryController:
             return self._quality(step, url, stable_url, probes)
         self.admin.set_weight(cfg.route, step.weight)
         baseline = self.admin.backend_stats(cfg.route)
+        try:
+            engine_before = read_engine_metrics(url)
+        except EngineMetricsError as exc:
+            return f"canary engine: {exc}"
         deadline = self.clock() + cfg.window_s
         while self.clock() < deadline:
             time.sleep(min(cfg.poll_s, max(0.0, deadline - self.clock())))
@@ -282,6 +298,10 @@ class CanaryController:
         c = now.get(canary, BackendStats()).minus(baseline.get(canary, BackendStats()))
         s = now.get(stable, BackendStats()).minus(baseline.get(stable, BackendStats()))
         step.canary, step.stable = _summary(c), _summary(s)
+        try:
+            step.canary.update(read_engine_metrics(url).since(engine_before).summary())
+        except EngineMetricsError as exc:
+            return f"canary engine: {exc}"
         if c.error_rate > cfg.max_error_rate:
             return f"canary error rate {c.error_rate:.1%} over {cfg.max_error_rate:.1%}"
         c95, s95 = c.quantile(0.95), s.quantile(0.95)

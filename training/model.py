@@ -19,6 +19,7 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTra
 
 from training.config import ModelConfig
 from training.fsutil import fsync_tree
+from training.tokenizer import save_tokenizer
 
 
 def build_model(cfg: ModelConfig, vocab_size: int, seed: int) -> LlamaForCausalLM:
@@ -59,7 +60,7 @@ def export_model(
     model.config.eos_token_id = tokenizer.eos_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(str(tmp), safe_serialization=True)
-    tokenizer.save_pretrained(str(tmp))
+    save_tokenizer(tokenizer, tmp)  # with the chat template vLLM needs for chat requests
     GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

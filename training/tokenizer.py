@@ -7,7 +7,9 @@ front of every encoded text, so a prompt tokenized at evaluation time starts lik
 records did in training. The saved directory loads with
 ``AutoTokenizer.from_pretrained(dir)`` without network access; its hash (sha256 of
 its canonical JSON) goes into every checkpoint manifest, so a resume with a different
-tokenizer is refused.
+tokenizer is refused. The saved tokenizer carries the serving chat template
+(``serving.engine.chat_template``): vLLM reads it from the model directory, and the
+embedded engine renders the same one, so chat prompts are alike on both engines.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
+
+from serving.engine.chat_template import CHAT_TEMPLATE
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 SPECIAL_TOKENS = [PAD, BOS, EOS]
@@ -43,7 +47,12 @@ def train_tokenizer(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, padding_side="left"
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        padding_side="left",
+        chat_template=CHAT_TEMPLATE,
     )
 
 
@@ -55,6 +64,8 @@ def encode_records(tokenizer: PreTrainedTokenizerFast, texts: list[str]) -> list
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, directory: Path) -> None:
+    """Save with a chat template (a tokenizer saved before templates shipped gets ours)."""
+    tokenizer.chat_template = tokenizer.chat_template or CHAT_TEMPLATE
     tokenizer.save_pretrained(str(directory))
 
 

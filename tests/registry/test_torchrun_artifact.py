@@ -23,8 +23,8 @@ TINY = {
     "model": {
         "hidden_size": 32,
         "num_layers": 2,
-        "num_heads": 2,
-        "num_kv_heads": 2,
+        "num_heads": 1,
+        "num_kv_heads": 1,
         "intermediate_size": 64,
         "vocab_size": 320,
         "max_position_embeddings": 64,

@@ -313,3 +313,65 @@ def challenger_copy(tmp_path_factory, good_model_dir) -> Path:
     out = tmp_path_factory.mktemp("challenger") / "model"
     shutil.copytree(good_model_dir, out)
     return out
+
+
+# -- vLLM: a model trained by our trainer, served by real vLLM processes --------------------
+# vLLM takes one to three minutes to start here, so one stack serves every vLLM test of the
+# session (tests/serving/test_vllm_*.py), in file order.
+
+
+@pytest.fixture(scope="session")
+def trained_model_dir(tmp_path_factory) -> Path:
+    """The ``tiny`` preset trained by ``torchrun -m training`` on the sample corpus."""
+    import deltalake
+    import pyarrow as pa
+
+    root = tmp_path_factory.mktemp("trained")
+    texts = list(dict.fromkeys(normalise_text(r["text"]) for r in generate_records(1500, seed=0)))
+    table = pa.table({"record_id": [record_id(t) for t in texts], "text": texts})
+    deltalake.write_deltalake(str(root / "corpus"), table)
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    done = subprocess.run(
+        [torchrun, "--standalone", "--nproc-per-node", "1", "-m", "training"]
+        + ["--data", str(root / "corpus"), "--output", str(root / "run")]
+        + ["--max-steps", "200", "--checkpoint-every", "200", "--seed", "0"],
+        cwd=REPO,
+        env=child_env(TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1"),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root / "run" / "model"
+
+
+@pytest.fixture(scope="session")
+def vllm_stack(tmp_path_factory, trained_model_dir):
+    """``python -m serving up --engine vllm`` for the trained model; ``down`` at the end."""
+    import json
+    import types
+
+    from serving.gateway.client import GatewayAdmin
+    from serving.stack import SupervisedFleet
+    from serving.supervisor import StackPaths
+
+    home = tmp_path_factory.mktemp("vllm-home")
+    started = time.monotonic()
+    done = serving_cli(
+        home, "up", "--model", str(trained_model_dir), "--engine", "vllm", timeout_s=900
+    )
+    assert done.returncode == 0, done.stderr + _log_tail(home / "serving" / "logs")
+    info = json.loads(done.stdout)
+    yield types.SimpleNamespace(
+        home=home,
+        info=info,
+        gateway=info["gateway"]["url"],
+        admin=GatewayAdmin(info["gateway"]["url"], ADMIN_TOKEN),
+        fleet=SupervisedFleet(StackPaths.under(home), engine="vllm"),
+        up_s=time.monotonic() - started,
+    )
+    serving_cli(home, "down", timeout_s=120)
+
+
+def _log_tail(logs: Path, chars: int = 3000) -> str:
+    return "".join(f"\n--- {p.name}\n{p.read_text()[-chars:]}" for p in sorted(logs.glob("*.log")))

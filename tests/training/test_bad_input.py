@@ -102,11 +102,11 @@ def test_incompatible_checkpoint_is_refused_and_nothing_changes(
     before = _tree(out)
     config = tmp_path / "wider.json"
     wider = json.loads(json.dumps(tr.TINY))
-    wider["model"]["hidden_size"] = 48
+    wider["model"]["hidden_size"] = 64
     config.write_text(json.dumps(wider), encoding="utf-8")
     result = tr.run(tr.command(corpus, out, config), out)
     _refused(result, "is incompatible with this run")
-    assert "model.hidden_size (saved 32, now 48)" in result.stderr
+    assert "model.hidden_size (saved 32, now 64)" in result.stderr
     if drop_run_pin:
         assert "step_00000060" in result.stderr and "model shape differs" in result.stderr
     assert _tree(out) == before

@@ -25,11 +25,13 @@ from serving.supervisor import StackPaths
 
 class ServingStack(dg.ConfigurableResource):
     engine: Literal["embedded", "vllm"] = "embedded"
-    """Engine kind for every model: ``embedded`` (CPU) or ``vllm`` (GPU host)."""
+    """Engine kind for every model: ``embedded`` (this package's CPU engine) or ``vllm``
+    (vLLM: its CPU build from ``make vllm``, or the ``vllm`` extra on a GPU host)."""
     gateway_port: int | None = None
     """Gateway port when the stack first starts; empty: a free port."""
-    startup_timeout_s: float = 180.0
-    """How long an engine may take to answer ``/health`` after it starts."""
+    startup_timeout_s: float | None = None
+    """How long an engine may take to answer ``/health`` after it starts; empty: by engine
+    kind (180 s embedded, 600 s vLLM, which imports itself twice before loading a model)."""
     admin_timeout_s: float = 5.0
     """Timeout of each gateway admin call (retried a few times on connection errors)."""
     max_error_rate: float = 0.05
