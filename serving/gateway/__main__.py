@@ -35,6 +35,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20)
     parser.add_argument("--breaker-threshold", type=int, default=3)
     parser.add_argument("--breaker-cooldown-s", type=float, default=5.0)
+    parser.add_argument(
+        "--max-concurrency-per-backend",
+        type=int,
+        default=256,
+        help="requests in flight per backend; more are shed with 429 + Retry-After",
+    )
     parser.add_argument("--config", type=Path, default=None, help="serving config YAML")
     defaults = HealthPolicy()
     parser.add_argument(
@@ -75,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         max_body_bytes=args.max_body_bytes,
         breaker_threshold=args.breaker_threshold,
         breaker_cooldown_s=args.breaker_cooldown_s,
+        max_concurrency_per_backend=args.max_concurrency_per_backend,
         serving_config=serving_config,
         partner_policy=policy,
     )

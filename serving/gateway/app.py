@@ -5,7 +5,11 @@ straight to :class:`~serving.gateway.proxy.Proxy`, skipping routing and middlewa
 path is benchmarked); everything else goes to the FastAPI app. The
 admin API under ``/admin`` needs ``Authorization: Bearer $MLOPS_GATEWAY_ADMIN_TOKEN``; with
 no token configured it refuses every call rather than running open. Each admin change is
-persisted before it is acknowledged, so an acknowledged change survives a restart.
+persisted before it is acknowledged, so an acknowledged change survives a restart. Every
+name in an admin path (backend, route, partner, fallback route) must match
+:data:`~serving.gateway.routing.NAME_RULE`; anything else is a 400 quoting the rule (the
+paths take the rest of the URL, newlines included, as the name, so an encoded ``/`` or
+``\n`` reaches that check too).
 
 Partners and fallback routes (``/admin/partners``, ``/admin/fallback-routes``) live in the
 same state file as backends and routes. At start the gateway restores that state, then
@@ -28,6 +32,7 @@ import httpx2 as httpx
 from fastapi import Depends, FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import JSONResponse, Response
 
 from serving.errors import (
@@ -38,7 +43,7 @@ from serving.errors import (
 from serving.gateway.metrics import GatewayMetrics
 from serving.gateway.partner_proxy import PartnerProxy
 from serving.gateway.proxy import Proxy
-from serving.gateway.routing import RoutingTable
+from serving.gateway.routing import RoutingTable, check_name
 from serving.gateway.state import StateStore
 from serving.gateway.upstream import UpstreamPool
 from serving.partners.adapters import adapter_for
@@ -50,6 +55,22 @@ from serving.partners.spec import PartnerSpec
 log = logging.getLogger(__name__)
 
 
+class _AnyName(Convertor):
+    """A path parameter taking the rest of the path, even ``/`` and newlines (Starlette's
+    ``path`` stops at a newline), so every name sent reaches :func:`check_name`."""
+
+    regex = r"[\s\S]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("admin_name", _AnyName())
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     state_path: Path
@@ -58,12 +79,17 @@ class GatewayConfig:
     breaker_threshold: int = 3
     breaker_cooldown_s: float = 5.0
     max_connections: int = 512
+    max_concurrency_per_backend: int = 256  # in-flight requests; more are shed with 429
     serving_config: ServingConfig | None = None
     partner_policy: HealthPolicy = field(default_factory=HealthPolicy)
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1024:
             raise ValueError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
+        if self.max_concurrency_per_backend < 1:
+            raise ValueError(
+                f"max_concurrency_per_backend must be >= 1, got {self.max_concurrency_per_backend}"
+            )
         if self.breaker_threshold < 1:
             raise ValueError(f"breaker_threshold must be >= 1, got {self.breaker_threshold}")
 
@@ -72,6 +98,7 @@ class BackendIn(BaseModel):
     url: str
     timeout_s: float = Field(default=30.0, gt=0)
     model: str | None = None
+    max_concurrency: int | None = Field(default=None, ge=1, le=100_000)
 
 
 class RouteIn(BaseModel):
@@ -109,7 +136,9 @@ def _apply_config(partners: PartnerTable, config: ServingConfig) -> None:
 
 def create_app(config: GatewayConfig) -> GatewayASGI:
     table = RoutingTable(
-        breaker_threshold=config.breaker_threshold, breaker_cooldown_s=config.breaker_cooldown_s
+        breaker_threshold=config.breaker_threshold,
+        breaker_cooldown_s=config.breaker_cooldown_s,
+        max_concurrency=config.max_concurrency_per_backend,
     )
     partners = PartnerTable(table, config.partner_policy)
     store = StateStore(config.state_path)
@@ -190,18 +219,20 @@ def create_app(config: GatewayConfig) -> GatewayASGI:
     async def read_state() -> dict:
         return state()
 
-    @app.put("/admin/backends/{name}", dependencies=admin)
+    @app.put("/admin/backends/{name:admin_name}", dependencies=admin)
     async def put_backend(name: str, body: BackendIn) -> dict:
-        table.put_backend(name, body.url, body.timeout_s, body.model)
+        check_name(name, "backend name")
+        table.put_backend(name, body.url, body.timeout_s, body.model, body.max_concurrency)
         return commit()
 
-    @app.delete("/admin/backends/{name}", dependencies=admin)
+    @app.delete("/admin/backends/{name:admin_name}", dependencies=admin)
     async def delete_backend(name: str) -> dict:
         table.remove_backend(name)
         return commit()
 
-    @app.put("/admin/routes/{name}", dependencies=admin)
+    @app.put("/admin/routes/{name:admin_name}", dependencies=admin)
     async def put_route(name: str, body: RouteIn) -> dict:
+        check_name(name, "route name")
         taken = partners.names_in_use(name)
         if taken not in (None, "local route"):
             raise InvalidRequest(f"{name!r} is already a {taken}; pick another name", "name")
@@ -220,18 +251,20 @@ def create_app(config: GatewayConfig) -> GatewayASGI:
     async def read_partners() -> dict:
         return partners.status()
 
-    @app.put("/admin/partners/{name}", dependencies=admin)
+    @app.put("/admin/partners/{name:admin_name}", dependencies=admin)
     async def put_partner(name: str, body: dict) -> dict:
+        check_name(name, "partner name")
         partners.put_partner(_partner_spec(name, body))
         return commit_partners()
 
-    @app.delete("/admin/partners/{name}", dependencies=admin)
+    @app.delete("/admin/partners/{name:admin_name}", dependencies=admin)
     async def delete_partner(name: str) -> dict:
         partners.remove_partner(name)
         return commit_partners()
 
-    @app.put("/admin/fallback-routes/{name}", dependencies=admin)
+    @app.put("/admin/fallback-routes/{name:admin_name}", dependencies=admin)
     async def put_fallback_route(name: str, body: FallbackRouteIn) -> dict:
+        check_name(name, "fallback route name")
         partners.put_fallback_route(name, body.order)
         return commit_partners()
 

@@ -125,6 +125,12 @@ class GatewayMetrics:
             ["route", "from_backend", "to_backend"],
             registry=r,
         )
+        self._shed = Counter(
+            "gateway_shed",
+            "Attempts not sent because a backend was full or answered 429 (not faults)",
+            ["route", "backend", "reason"],
+            registry=r,
+        )
         self._responses = Counter(
             "gateway_responses", "Responses returned to clients", ["route", "code"], registry=r
         )
@@ -151,6 +157,9 @@ class GatewayMetrics:
 
     def retry(self, route: str, from_backend: str, to_backend: str) -> None:
         self._child(self._retries, route, from_backend, to_backend).inc()
+
+    def shed(self, route: str, backend: str, reason: str) -> None:
+        self._child(self._shed, route, backend, reason).inc()
 
     def response(self, route: str, code: int) -> None:
         self._child(self._responses, route, str(code)).inc()
