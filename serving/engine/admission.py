@@ -10,7 +10,10 @@ by waiting without bound:
 * characters being tokenized (``max_tokenizing_chars``);
 * requests waiting for a batch (``max_queued_requests``);
 * tokens those requests will cost, prompt plus ``max_tokens`` per choice
-  (``max_queued_tokens``), so a few huge requests fill the queue as many small ones do.
+  (``max_queued_tokens``), so a few huge requests fill the queue as many small ones do;
+* the wait those requests add: full batches queued ahead times the recent batch duration
+  (an average), at most ``max_queue_wait_s``, so under overload an admitted request is
+  served in bounded time and the rest are told when to come back instead.
 
 Before any of that, a prompt that cannot fit the context is refused in O(1): no token of
 this vocabulary decodes to more than ``max_chars_per_token`` characters, so a text longer
@@ -39,11 +42,14 @@ class AdmissionLimits:
     max_queued_tokens: int | None = None  # default: 4 full batches of full-context rows
     max_tokenizing_chars: int = 4_000_000
     tokenizer_threads: int = 2
+    max_queue_wait_s: float = 5.0
 
     def __post_init__(self) -> None:
         for name in ("max_queued_requests", "max_tokenizing_chars", "tokenizer_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_queue_wait_s <= 0:
+            raise ValueError(f"max_queue_wait_s must be > 0, got {self.max_queue_wait_s}")
         if self.max_queued_tokens is not None and self.max_queued_tokens < 1:
             raise ValueError(f"max_queued_tokens must be >= 1, got {self.max_queued_tokens}")
 
@@ -69,6 +75,7 @@ class Admission:
     ) -> None:
         self.limits = limits
         self.max_model_len, self.vocab_size = max_model_len, vocab_size
+        self.max_batch_size = max_batch_size
         self.max_prompt_chars = CHAR_BOUND_FACTOR * max(1, max_chars_per_token) * max_model_len
         self.max_queued_tokens = limits.max_queued_tokens or 4 * max_batch_size * max_model_len
         self._tokenize = tokenize
@@ -77,7 +84,7 @@ class Admission:
         self._lock = threading.Lock()  # the queue counters are released by the scheduler
         self.queued_requests = 0
         self.queued_tokens = 0
-        self.batch_seconds = 1.0  # the scheduler's recent batch duration, for Retry-After
+        self.batch_seconds = 0.0  # moving average of batch durations (see note_batch)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -120,6 +127,32 @@ class Admission:
                     "logit_bias",
                 )
 
+    def check_room(self) -> None:
+        """Shed before tokenizing when the queue is full by count or by wait: the cheap case."""
+        if self.queued_requests >= self.limits.max_queued_requests:
+            raise Overloaded(
+                f"the engine's queue is full ({self.queued_requests} requests waiting); "
+                "retry shortly",
+                self.retry_after_s(),
+            )
+        wait = self.queue_wait_s()
+        if wait > self.limits.max_queue_wait_s:
+            raise Overloaded(
+                f"the engine's queue holds about {wait:.1f} s of work (limit "
+                f"{self.limits.max_queue_wait_s:g} s); retry shortly",
+                self.retry_after_s(),
+            )
+
+    def queue_wait_s(self) -> float:
+        """How long a request admitted now would wait: full batches queued ahead of it times
+        the recent batch duration (static batching: a partial batch goes with the next)."""
+        return (self.queued_requests // self.max_batch_size) * self.batch_seconds
+
+    def note_batch(self, seconds: float) -> None:
+        self.batch_seconds = (
+            seconds if not self.batch_seconds else (0.8 * self.batch_seconds + 0.2 * seconds)
+        )
+
     def admit(self, tokens: int) -> Ticket:
         """A place in the queue for a request costing ``tokens``, or :class:`Overloaded`."""
         with self._lock:
@@ -155,4 +188,4 @@ class Admission:
         )
 
     def retry_after_s(self) -> float:
-        return max(1.0, math.ceil(self.batch_seconds))
+        return max(1.0, math.ceil(self.queue_wait_s() or self.batch_seconds))

@@ -178,6 +178,7 @@ class BatchingEngine:
         self, prompt: str | list[int], params: SamplingParams
     ) -> AsyncIterator[ChoiceDelta | Usage]:
         self.admission.check_logit_bias(params.logit_bias)
+        self.admission.check_room()
         prompt_ids = await self.admission.prompt_ids(prompt)
         if not prompt_ids:
             raise InvalidRequest("prompt must not be empty", "prompt")
@@ -239,7 +240,7 @@ class BatchingEngine:
                 self._run_isolated(batch)
             finally:
                 self._running = 0
-                self.admission.batch_seconds = time.monotonic() - started
+                self.admission.note_batch(time.monotonic() - started)
 
     def _run_isolated(self, batch: list[_Request]) -> None:
         """Run ``batch``; if it fails, run each request that has no output yet alone."""

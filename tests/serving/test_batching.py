@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from serving.engine.admission import AdmissionLimits
+from serving.engine.admission import Admission, AdmissionLimits
 from serving.engine.batching import BatchConfig, BatchingEngine, EngineFailure
 from serving.engine.protocol import ChoiceDelta, SamplingParams, Usage
 from serving.errors import InvalidRequest, Overloaded
@@ -152,3 +152,24 @@ def test_full_queue_sheds_with_overloaded_and_recovers(good_model_dir):
         assert asyncio.run(run(small, "Q: sort", SamplingParams(max_tokens=2)))[2]
     finally:
         small.stop()
+
+
+def test_queue_is_bounded_by_the_wait_it_adds():
+    limits = AdmissionLimits(max_queue_wait_s=1.5)
+    admission = Admission(
+        limits,
+        max_model_len=64,
+        max_batch_size=2,
+        vocab_size=10,
+        max_chars_per_token=4,
+        tokenize=lambda text: [1] * len(text),
+    )
+    admission.note_batch(1.0)
+    tickets = [admission.admit(4) for _ in range(4)]  # two full batches ahead: 2 s of wait
+    with pytest.raises(Overloaded) as shed:
+        admission.check_room()
+    assert shed.value.retry_after_s == 2.0
+    admission.release(tickets[0])
+    admission.release(tickets[0])  # released once only
+    admission.check_room()  # one full batch ahead: 1 s, under the limit
+    assert admission.queued_requests == 3
