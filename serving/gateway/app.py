@@ -11,6 +11,9 @@ name in an admin path (backend, route, partner, fallback route) must match
 paths take the rest of the URL, newlines included, as the name, so an encoded ``/`` or
 ``\n`` reaches that check too).
 
+Client API keys (``/admin/keys``, see ``keys.py``) live in the same state file, hashed;
+``require_api_keys`` turns them on for every OpenAI call.
+
 Partners and fallback routes (``/admin/partners``, ``/admin/fallback-routes``) live in the
 same state file as backends and routes. At start the gateway restores that state, then
 upserts what the serving config declares (pins and admin-API additions stay). A background
@@ -40,6 +43,7 @@ from serving.errors import (
     Unauthorized,
     install_error_handlers,
 )
+from serving.gateway.keys import KeyTable
 from serving.gateway.metrics import GatewayMetrics
 from serving.gateway.partner_proxy import PartnerProxy
 from serving.gateway.proxy import Proxy
@@ -80,6 +84,7 @@ class GatewayConfig:
     breaker_cooldown_s: float = 5.0
     max_connections: int = 512
     max_concurrency_per_backend: int = 256  # in-flight requests; more are shed with 429
+    require_api_keys: bool = False  # the secure path: every OpenAI call needs a client key
     serving_config: ServingConfig | None = None
     partner_policy: HealthPolicy = field(default_factory=HealthPolicy)
 
@@ -115,6 +120,11 @@ class FallbackRouteIn(BaseModel):
     order: list[str] = Field(min_length=1)
 
 
+class KeyIn(BaseModel):
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+
+
 class PinIn(BaseModel):
     target: str
     reason: str = Field(min_length=1)
@@ -141,13 +151,15 @@ def create_app(config: GatewayConfig) -> GatewayASGI:
         max_concurrency=config.max_concurrency_per_backend,
     )
     partners = PartnerTable(table, config.partner_policy)
+    keys = KeyTable(required=config.require_api_keys)
     store = StateStore(config.state_path)
     saved = store.load()
     table.load_dict(saved)
     partners.load_dict(saved)
+    keys.load_dict(saved)
 
     def save() -> None:
-        store.save({**table.to_dict(), **partners.to_dict()})
+        store.save({**table.to_dict(), **partners.to_dict(), **keys.to_dict()})
 
     if config.serving_config is not None:
         _apply_config(partners, config.serving_config)
@@ -161,7 +173,7 @@ def create_app(config: GatewayConfig) -> GatewayASGI:
         )
         pool = UpstreamPool(max_connections=config.max_connections)
         async with httpx.AsyncClient(limits=limits, http2=False) as client:
-            proxy = Proxy(table, metrics, pool, config.max_body_bytes)
+            proxy = Proxy(table, metrics, pool, config.max_body_bytes, keys=keys)
             proxy.partners = PartnerProxy(proxy, partners, metrics, client, adapter_for)
             app.state.proxy = proxy
             watcher = asyncio.create_task(proxy.partners.watch_partners())
@@ -186,7 +198,9 @@ def create_app(config: GatewayConfig) -> GatewayASGI:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
-    async def models() -> JSONResponse:
+    async def models(request: Request) -> JSONResponse:
+        if keys.required:
+            keys.authenticate(request.headers.get("authorization", "").encode("latin-1"))
         now = int(time.time())
         names = [*table.routes, *partners.fallback_routes, *partners.partners]
         data = [
@@ -246,6 +260,24 @@ def create_app(config: GatewayConfig) -> GatewayASGI:
             raise InvalidRequest(f"no route named {name!r}", "name")
         table.put_route(name, route.stable, route.canary, body.canary_weight)
         return commit()
+
+    @app.get("/admin/keys", dependencies=admin)
+    async def read_keys() -> dict:
+        return keys.status()
+
+    @app.post("/admin/keys/{name:admin_name}", dependencies=admin)
+    async def create_key(name: str, body: KeyIn) -> dict:
+        """A new key for ``name`` (replacing any old one); the key is shown only here."""
+        check_name(name, "key name")
+        secret = keys.create(name, body.rpm, body.tpm)
+        save()
+        return {"name": name, "key": secret, **keys.status()["keys"][name]}
+
+    @app.delete("/admin/keys/{name:admin_name}", dependencies=admin)
+    async def delete_key(name: str) -> dict:
+        keys.remove(name)
+        save()
+        return keys.status()
 
     @app.get("/admin/partners", dependencies=admin)
     async def read_partners() -> dict:

@@ -123,6 +123,17 @@ class GatewayAdmin:
             "POST", f"/admin/routes/{_seg(route)}/weight", {"canary_weight": canary_weight}
         )
 
+    def create_key(self, name: str, rpm: int | None = None, tpm: int | None = None) -> str:
+        """A new client API key for ``name``; the gateway shows it only in this answer."""
+        return self._call("POST", f"/admin/keys/{_seg(name)}", {"rpm": rpm, "tpm": tpm})["key"]
+
+    def remove_key(self, name: str) -> dict:
+        return self._call("DELETE", f"/admin/keys/{_seg(name)}")
+
+    def keys(self) -> dict:
+        """Whether keys are required, and each key's limits and last-minute usage."""
+        return self._call("GET", "/admin/keys")
+
     def partners(self) -> dict:
         """Partners with their health, and fallback routes with their pins."""
         return self._call("GET", "/admin/partners")

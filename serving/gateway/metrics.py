@@ -131,6 +131,21 @@ class GatewayMetrics:
             ["route", "backend", "reason"],
             registry=r,
         )
+        self._key_requests = Counter(
+            "gateway_key_requests", "Requests admitted per client API key", ["key"], registry=r
+        )
+        self._key_tokens = Counter(
+            "gateway_key_tokens",
+            "Tokens charged per client API key (usage; max_tokens for streams)",
+            ["key"],
+            registry=r,
+        )
+        self._key_rejected = Counter(
+            "gateway_key_rejected",
+            "Requests refused per client API key (over quota)",
+            ["key", "reason"],
+            registry=r,
+        )
         self._responses = Counter(
             "gateway_responses", "Responses returned to clients", ["route", "code"], registry=r
         )
@@ -160,6 +175,15 @@ class GatewayMetrics:
 
     def shed(self, route: str, backend: str, reason: str) -> None:
         self._child(self._shed, route, backend, reason).inc()
+
+    def key_request(self, key: str) -> None:
+        self._child(self._key_requests, key).inc()
+
+    def key_tokens(self, key: str, tokens: int) -> None:
+        self._child(self._key_tokens, key).inc(tokens)
+
+    def key_rejected(self, key: str, reason: str) -> None:
+        self._child(self._key_rejected, key, reason).inc()
 
     def response(self, route: str, code: int) -> None:
         self._child(self._responses, route, str(code)).inc()

@@ -49,6 +49,7 @@ from serving.errors import (
     Unavailable,
     error_body,
 )
+from serving.gateway.keys import ClientKey, KeyTable
 from serving.gateway.metrics import GatewayMetrics
 from serving.gateway.routing import Backend, Route, RoutingTable
 from serving.gateway.upstream import UpstreamError, UpstreamPool, UpstreamResponse, UpstreamTimeout
@@ -99,10 +100,12 @@ class Proxy:
         pool: UpstreamPool,
         max_body_bytes: int,
         partners: PartnerProxy | None = None,
+        keys: KeyTable | None = None,
     ) -> None:
         self.table, self.metrics, self.pool = table, metrics, pool
         self.max_body_bytes = max_body_bytes
         self.partners = partners
+        self.keys = keys
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":  # no lifespan of its own: the pool's owner closes it
@@ -122,9 +125,12 @@ class Proxy:
             await _respond(send, 500, _JSON, error, _request_id())
 
     async def forward(self, scope, receive, send) -> None:
-        body, caller_id = await self._read_body(scope, receive)
+        body, caller_id, authorization = await self._read_body(scope, receive)
         rid = request_id_from(caller_id)
         request_id_var.set(rid)  # each request runs in its own task: log lines carry it
+        key = None
+        if self.keys is not None and self.keys.required:
+            key = self._authenticate(authorization)
         payload = parse_request(body)
         name = payload["model"]
         stream = payload.get("stream") is True
@@ -134,6 +140,8 @@ class Proxy:
             if self.partners is None:
                 raise NotFound(f"The model `{name}` does not exist", "model", "model_not_found")
             response = await self.partners.forward(name, body, payload, path, stream)
+            if key is not None:
+                self._charge(key, payload, stream, getattr(response, "body", None))
             response.headers[REQUEST_ID_HEADER] = rid
             await response(scope, receive, send)
             return
@@ -141,9 +149,13 @@ class Proxy:
         outcome = await _unless_gone(receive, attempt)
         if outcome.stream is not None:
             self.metrics.response(name, 200)
+            if key is not None:
+                self._charge(key, payload, True, None)
             await self._stream(receive, send, name, *outcome.stream)
             return
         answer = outcome.answer or outcome.last
+        if key is not None and outcome.answer is not None and outcome.answer[0] == 200:
+            self._charge(key, payload, False, outcome.answer[2])
         if answer is not None:
             self.metrics.response(name, answer[0])
             await _respond(send, *answer, rid.encode("latin-1"))
@@ -231,6 +243,31 @@ class Proxy:
             shed_retry_s = max(shed_retry_s or 0.0, 1.0)
         return LocalOutcome(None, None, last, previous, shed_retry_s)
 
+    def _authenticate(self, authorization: bytes | None) -> ClientKey:
+        try:
+            key = self.keys.authenticate(authorization)
+        except Overloaded:
+            name = self.keys.name_of(authorization)
+            self.metrics.key_rejected(name, "quota")
+            raise
+        self.metrics.key_request(key.name)
+        return key
+
+    def _charge(self, key: ClientKey, payload: dict, stream: bool, body: bytes | None) -> None:
+        """Tokens against the key's quota: the answer's usage, or for a stream (not parsed
+        here) its ``max_tokens`` times ``n``, the most it can cost."""
+        tokens = 0
+        if not stream and body:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                tokens = int(json.loads(body)["usage"]["total_tokens"])
+        else:
+            limit = payload.get("max_tokens") or payload.get("max_completion_tokens") or 16
+            n = payload.get("n") or 1
+            if isinstance(limit, int) and isinstance(n, int):
+                tokens = limit * n
+        key.charge_tokens(self.keys.clock(), tokens)
+        self.metrics.key_tokens(key.name, tokens)
+
     def as_response(self, label: str, outcome: LocalOutcome) -> Response | None:
         """The outcome as a Starlette response (for the partner path), or None."""
         if outcome.stream is not None:
@@ -258,14 +295,16 @@ class Proxy:
         backend.breaker.success()
         self.metrics.latency(route, backend.name, time.perf_counter() - started)
 
-    async def _read_body(self, scope, receive) -> tuple[bytes, str | None]:
-        """The body under the size limit, and the caller's request id header if any."""
-        limit, caller_id = self.max_body_bytes, None
+    async def _read_body(self, scope, receive) -> tuple[bytes, str | None, bytes | None]:
+        """The body under the size limit, the caller's request id and authorization headers."""
+        limit, caller_id, authorization = self.max_body_bytes, None, None
         for key, value in scope["headers"]:
             if key == b"content-length" and value.isdigit() and int(value) > limit:
                 raise RequestTooLarge(f"request body over the {limit}-byte limit")
             if key == _RID:
                 caller_id = value.decode("latin-1")
+            elif key == b"authorization":
+                authorization = value
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -278,9 +317,9 @@ class Proxy:
                 raise RequestTooLarge(f"request body over the {limit}-byte limit")
             if not message.get("more_body", False):
                 if not chunks:
-                    return chunk, caller_id
+                    return chunk, caller_id, authorization
                 chunks.append(chunk)
-                return b"".join(chunks), caller_id
+                return b"".join(chunks), caller_id, authorization
             chunks.append(chunk)
 
     async def _stream(
