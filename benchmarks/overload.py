@@ -53,6 +53,7 @@ class Phase:
     ok_in_window: int = 0  # 200s completed before the phase ended
     shed: list[float] = field(default_factory=list)  # latencies of 429s
     other: dict[str, int] = field(default_factory=dict)
+    peak: dict[str, float] = field(default_factory=dict)  # queue depths sampled each 0.5 s
 
     @property
     def goodput(self) -> float:
@@ -71,14 +72,42 @@ class Phase:
             f"admitted p50 {self.quantile(self.ok, 0.5) * 1e3:6.0f} ms "
             f"p99 {self.quantile(self.ok, 0.99) * 1e3:6.0f} ms | shed {len(self.shed):5d} "
             f"(p99 {self.quantile(self.shed, 0.99) * 1e3:5.1f} ms, "
-            f"max {max(self.shed, default=float('nan')) * 1e3:5.1f} ms) | other {self.other}"
+            f"max {max(self.shed, default=float('nan')) * 1e3:5.1f} ms) | other {self.other} | "
+            f"peak {self.peak}"
         )
 
 
-async def open_loop(client: httpx.AsyncClient, url: str, rate: float, seconds: float) -> Phase:
+WATCHED = {
+    "engine waiting": "vllm:num_requests_waiting",
+    "engine running": "vllm:num_requests_running",
+    "gateway in flight": "gateway_backend_in_flight",
+}
+
+
+async def sample(client: httpx.AsyncClient, urls: list[str], phase: Phase, stop) -> None:
+    """Peak queue depths at the engine and the gateway: where waiting happens."""
+    while not stop.is_set():
+        for url in urls:
+            try:
+                text = (await client.get(f"{url}/metrics")).text
+            except httpx.HTTPError:
+                continue
+            for line in text.splitlines():
+                for label, metric in WATCHED.items():
+                    if line.startswith(metric + "{"):
+                        value = float(line.rsplit(" ", 1)[1])
+                        phase.peak[label] = max(phase.peak.get(label, 0.0), value)
+        await asyncio.sleep(0.5)
+
+
+async def open_loop(
+    client: httpx.AsyncClient, url: str, rate: float, seconds: float, watch: list[str] = ()
+) -> Phase:
     """Poisson arrivals at ``rate`` for ``seconds``; waits for every request to finish."""
     phase = Phase(rate, seconds)
     rng = random.Random(7)
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(sample(client, list(watch), phase, stop))
 
     async def one() -> None:
         started = time.perf_counter()
@@ -106,6 +135,8 @@ async def open_loop(client: httpx.AsyncClient, url: str, rate: float, seconds: f
         tasks.append(asyncio.create_task(one()))
         next_at += rng.expovariate(rate)
     await asyncio.gather(*tasks)
+    stop.set()
+    await sampler
     return phase
 
 
@@ -189,7 +220,8 @@ async def run(args, gateway: str, engine: str, home: Path) -> None:
         print(f"capacity: {cap:.1f} req/s (p99 <= {args.p99_target_s} s)", flush=True)
         phases = {}
         for factor in (1, 2, 5):
-            phases[factor] = await open_loop(client, gateway, factor * cap, args.phase_s)
+            watch = [gateway, engine]
+            phases[factor] = await open_loop(client, gateway, factor * cap, args.phase_s, watch)
             print(phases[factor].line(f"{factor}x"), flush=True)
         ratio = phases[5].goodput / cap
         shed = [s for p in phases.values() for s in p.shed]

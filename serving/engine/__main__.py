@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     engine = BatchingEngine(args.model, args.served_model_name or args.model.name, config)
     engine.start()
-    app = create_app(engine, default_max_tokens=args.default_max_tokens)
+    # in hand at most: the queue, one batch running, and as many being parsed
+    in_flight = args.max_queued_requests + 2 * args.max_batch_size
+    app = create_app(engine, default_max_tokens=args.default_max_tokens, max_in_flight=in_flight)
     logging.getLogger("serving.engine").info(
         "serving %s as %r on http://%s:%d",
         args.model,

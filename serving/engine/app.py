@@ -40,7 +40,9 @@ from serving.engine.chat_template import render_chat
 from serving.engine.protocol import ChoiceDelta, Engine, SamplingParams, Usage
 from serving.errors import (
     NotFound,
+    Overloaded,
     ServingError,
+    error_response,
     install_error_handlers,
     status_error_response,
 )
@@ -71,6 +73,34 @@ async def unless_gone(request: Request, work: Awaitable[T]) -> T:
     if task.cancelled():
         raise _ClientGone
     return task.result()
+
+
+class InFlightLimit:
+    """ASGI front door: at most ``limit`` generation requests in the process, the rest shed
+    with 429 before their body is even parsed. Under overload the event loop itself is the
+    scarce resource, and requests waiting to be parsed would otherwise queue without bound
+    ahead of the engine's own admission control."""
+
+    PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit, self.in_flight = app, limit, 0
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.PATHS:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            response = error_response(
+                Overloaded(f"the engine has {self.in_flight} requests in hand; retry shortly")
+            )
+            await response(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
 
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -120,7 +150,10 @@ class EngineMetrics:
 
 
 def create_app(
-    engine: Engine, default_max_tokens: int = 16, registry: CollectorRegistry | None = None
+    engine: Engine,
+    default_max_tokens: int = 16,
+    registry: CollectorRegistry | None = None,
+    max_in_flight: int = 1024,
 ) -> FastAPI:
     registry = registry or CollectorRegistry()
     metrics = EngineMetrics(registry, engine)
@@ -129,6 +162,7 @@ def create_app(
 
     install_error_handlers(app)
     app.add_middleware(RequestLogMiddleware, logger="serving.engine.access")
+    app.add_middleware(InFlightLimit, limit=max_in_flight)
 
     @app.exception_handler(_ClientGone)
     async def _gone(_: Request, __: _ClientGone) -> Response:

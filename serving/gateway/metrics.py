@@ -46,8 +46,14 @@ class _TableCollector(Collector):
             "Circuit breaker: 0 closed, 1 half-open, 2 open",
             labels=["backend"],
         )
+        in_flight = GaugeMetricFamily(
+            "gateway_backend_in_flight",
+            "Requests in flight to a backend (at most its max_concurrency)",
+            labels=["backend"],
+        )
         for name, backend in self.table.backends.items():
             breaker.add_metric([name], int(backend.breaker.state))
+            in_flight.add_metric([name], backend.slots.in_flight)
         weight = GaugeMetricFamily(
             "gateway_route_canary_weight",
             "Percent of route traffic sent to the canary first",
@@ -56,6 +62,7 @@ class _TableCollector(Collector):
         for name, route in self.table.routes.items():
             weight.add_metric([name, route.canary or ""], route.canary_weight)
         yield breaker
+        yield in_flight
         yield weight
 
 

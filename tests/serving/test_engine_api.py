@@ -161,3 +161,10 @@ def test_chat_content_parts_are_joined(http, engine):
         json={"model": "scripted", "messages": [{"role": "user", "content": parts}]},
     )
     assert r.status_code == 200 and engine.prompts[-1] == "Q: a A:"
+
+
+def test_front_door_sheds_beyond_its_in_flight_limit(engine):
+    full = TestClient(create_app(engine, max_in_flight=0))
+    r = full.post("/v1/completions", json={"model": "scripted", "prompt": "hi"})
+    assert r.status_code == 429 and r.headers["retry-after"] == "1"
+    assert full.get("/health").status_code == 200  # liveness is never shed
