@@ -115,7 +115,7 @@ def _json_values():
         st.none()
         | st.booleans()
         | st.integers(min_value=-(2**80), max_value=2**80)
-        | st.floats(allow_nan=False)
+        | st.floats(allow_nan=False, allow_infinity=False)
         | st.text(max_size=20)
     )
     return st.recursive(

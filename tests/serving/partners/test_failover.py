@@ -312,8 +312,8 @@ def test_a_partner_that_keeps_answering_429_is_spared_live_traffic(stack, wait_u
         thread.start()
     try:
         wait_until(lambda: answers.count("partner:gpt") >= 3, "gpt to answer", 40)
-        before = gpt_stats().requests
         gpt.set_mode("rate_limit", retry_after_s=2)
+        before = gpt_stats().requests  # attempts from here on were sent into the 429s
         time.sleep(10.0)
         live_after = gpt_stats().requests - before
         partner = stack.health()["gpt"]
