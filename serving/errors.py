@@ -9,6 +9,7 @@ is the one place they become HTTP.
 from __future__ import annotations
 
 import json
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -54,6 +55,28 @@ class Unavailable(ServingError):
     error_type = "service_unavailable"
 
 
+class Overloaded(ServingError):
+    """More work than can be taken now: shed at once with 429 and ``Retry-After``, so a
+    client backs off instead of waiting in a queue without bound. Never a backend fault."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+
+    def __init__(
+        self,
+        message: str,
+        retry_after_s: float = 1.0,
+        param: str | None = None,
+        code: str = "overloaded",
+    ) -> None:
+        super().__init__(message, param, code)
+        self.retry_after_s = retry_after_s
+
+    @property
+    def retry_after(self) -> str:
+        return str(max(1, math.ceil(self.retry_after_s)))
+
+
 def error_body(
     status: int, message: str, error_type: str, param: str | None = None, code: str | None = None
 ) -> bytes:
@@ -63,7 +86,10 @@ def error_body(
 
 def error_response(exc: ServingError) -> Response:
     body = error_body(exc.status_code, exc.message, exc.error_type, exc.param, exc.code)
-    return Response(body, status_code=exc.status_code, media_type="application/json")
+    headers = {"Retry-After": exc.retry_after} if isinstance(exc, Overloaded) else None
+    return Response(
+        body, status_code=exc.status_code, media_type="application/json", headers=headers
+    )
 
 
 def status_error_response(status: int, message: str) -> Response:
@@ -74,6 +100,7 @@ def status_error_response(status: int, message: str) -> Response:
         404: "not_found_error",
         405: "invalid_request_error",
         413: "invalid_request_error",
+        429: "rate_limit_error",
     }
     body = error_body(status, message, kinds.get(status, "internal_error"), code=str(status))
     return Response(body, status_code=status, media_type="application/json")
@@ -88,9 +115,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
+        # param is the top-level field, as OpenAI reports it; the message has the full path
         first = exc.errors()[0] if exc.errors() else {}
-        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-        return error_response(InvalidRequest(f"invalid request: {first.get('msg', exc)}", param))
+        loc = [str(p) for p in first.get("loc", ())[1:]]
+        param = loc[0] if loc else None
+        where = f"`{'.'.join(loc)}`: " if loc else ""
+        return error_response(
+            InvalidRequest(f"invalid request: {where}{first.get('msg', exc)}", param)
+        )
 
     @app.exception_handler(HTTPException)
     async def _http_error(_: Request, exc: HTTPException) -> Response:

@@ -15,6 +15,7 @@ import uvicorn
 
 from observability.hf import route_transformers_logs
 from observability.logs import configure_logging
+from serving.engine.admission import AdmissionLimits
 from serving.engine.app import create_app
 from serving.engine.batching import BatchConfig, BatchingEngine
 
@@ -28,15 +29,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
     parser.add_argument("--default-max-tokens", type=int, default=16)
+    parser.add_argument(
+        "--max-queued-requests",
+        type=int,
+        default=256,
+        help="requests waiting for a batch; more are shed with 429 + Retry-After",
+    )
+    parser.add_argument(
+        "--max-queue-wait-s",
+        type=float,
+        default=5.0,
+        help="shed with 429 once the queued work would make a new request wait longer",
+    )
     args = parser.parse_args(argv)
     if configure_logging("engine") == "json":
         route_transformers_logs()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
 
-    config = BatchConfig(max_batch_size=args.max_batch_size, batch_wait_s=args.batch_wait_ms / 1e3)
+    limits = AdmissionLimits(
+        max_queued_requests=args.max_queued_requests, max_queue_wait_s=args.max_queue_wait_s
+    )
+    config = BatchConfig(
+        max_batch_size=args.max_batch_size,
+        batch_wait_s=args.batch_wait_ms / 1e3,
+        admission=limits,
+    )
     engine = BatchingEngine(args.model, args.served_model_name or args.model.name, config)
     engine.start()
-    app = create_app(engine, default_max_tokens=args.default_max_tokens)
+    # in hand at most: the queue, one batch running, and as many being parsed
+    in_flight = args.max_queued_requests + 2 * args.max_batch_size
+    app = create_app(engine, default_max_tokens=args.default_max_tokens, max_in_flight=in_flight)
     logging.getLogger("serving.engine").info(
         "serving %s as %r on http://%s:%d",
         args.model,

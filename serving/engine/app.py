@@ -5,18 +5,25 @@ failure goes through :func:`serving.errors.error_response`, so clients always ge
 error shape. The first item of a generation is awaited before a streaming response starts,
 so a request the engine rejects gets a proper 400 instead of a broken event stream.
 Metrics use vLLM's names so dashboards built for vLLM read this engine unchanged.
+``/health`` is liveness, as vLLM's is: the process is up and its event loop turns, so it
+answers however busy the engine is (tokenization and chat templating run off this loop).
+``/ready`` is readiness: 200 while the engine can take more work, 503 while its queue is
+nearly full. A request the queue cannot take gets 429 with ``Retry-After`` at once, and one
+whose client goes away while it waits is dropped.
 Every request gets an id (the caller's ``x-request-id`` or a new one), echoed in the
 response header and carried by every log line of that request, and one access log line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -33,10 +40,68 @@ from serving.engine.chat_template import render_chat
 from serving.engine.protocol import ChoiceDelta, Engine, SamplingParams, Usage
 from serving.errors import (
     NotFound,
+    Overloaded,
     ServingError,
+    error_response,
     install_error_handlers,
     status_error_response,
 )
+
+T = TypeVar("T")
+
+
+class _ClientGone(Exception):
+    """The client disconnected while its request waited."""
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_gone(request: Request, work: Awaitable[T]) -> T:
+    """``work``'s result, or :class:`_ClientGone` (``work`` cancelled) if the client leaves
+    first, so a queued request of a client that gave up does not take a batch slot."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+    if task.cancelled():
+        raise _ClientGone
+    return task.result()
+
+
+class InFlightLimit:
+    """ASGI front door: at most ``limit`` generation requests in the process, the rest shed
+    with 429 before their body is even parsed. Under overload the event loop itself is the
+    scarce resource, and requests waiting to be parsed would otherwise queue without bound
+    ahead of the engine's own admission control."""
+
+    PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit, self.in_flight = app, limit, 0
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.PATHS:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            response = error_response(
+                Overloaded(f"the engine has {self.in_flight} requests in hand; retry shortly")
+            )
+            await response(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -85,7 +150,10 @@ class EngineMetrics:
 
 
 def create_app(
-    engine: Engine, default_max_tokens: int = 16, registry: CollectorRegistry | None = None
+    engine: Engine,
+    default_max_tokens: int = 16,
+    registry: CollectorRegistry | None = None,
+    max_in_flight: int = 1024,
 ) -> FastAPI:
     registry = registry or CollectorRegistry()
     metrics = EngineMetrics(registry, engine)
@@ -94,11 +162,23 @@ def create_app(
 
     install_error_handlers(app)
     app.add_middleware(RequestLogMiddleware, logger="serving.engine.access")
+    app.add_middleware(InFlightLimit, limit=max_in_flight)
+
+    @app.exception_handler(_ClientGone)
+    async def _gone(_: Request, __: _ClientGone) -> Response:
+        return Response(status_code=499)  # nobody reads it; closes the exchange
 
     @app.get("/health")
     async def health() -> Response:
         if not engine.ready():
             return status_error_response(503, "engine not ready")
+        return Response(status_code=200)
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        accepting = getattr(engine, "accepting", engine.ready)
+        if not accepting():
+            return status_error_response(503, "engine busy: its queue is nearly full")
         return Response(status_code=200)
 
     @app.get("/metrics")
@@ -121,7 +201,7 @@ def create_app(
                 "model_not_found",
             )
 
-    async def start(prompt: str, params: SamplingParams):
+    async def start(prompt: str | list[int], params: SamplingParams):
         started = time.perf_counter()
         stream = engine.generate(prompt, params)
         first = await anext(stream)
@@ -148,10 +228,10 @@ def create_app(
             item = await anext(stream)
 
     @app.post("/v1/completions")
-    async def completions(body: api.CompletionRequest) -> Response:
+    async def completions(body: api.CompletionRequest, request: Request) -> Response:
         check_model(body.model)
         params = body.sampling(default_max_tokens)
-        started, first, stream = await start(body.prompt_text(), params)
+        started, first, stream = await unless_gone(request, start(body.single_prompt(), params))
         rid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
 
@@ -171,7 +251,7 @@ def create_app(
                 }
 
             return sse(first, stream, chunk, rid, now, body, started, "text_completion")
-        texts, reasons, usage = await collect(first, stream)
+        texts, reasons, usage = await unless_gone(request, collect(first, stream))
         account(started, usage, list(reasons.values()))
         choices = [
             api.CompletionChoice(
@@ -185,13 +265,14 @@ def create_app(
         return JSONResponse(response.model_dump())
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: api.ChatCompletionRequest) -> Response:
+    async def chat_completions(body: api.ChatCompletionRequest, request: Request) -> Response:
         check_model(body.model)
         params = body.sampling(default_max_tokens)
-        prompt = render_chat(
-            [(m.role, m.content) for m in body.messages], getattr(engine, "tokenizer", None)
-        )
-        started, first, stream = await start(prompt, params)
+        messages = [(m.role, m.text()) for m in body.messages]
+        # templating a long conversation is CPU work: off the loop that answers /health
+        tokenizer = getattr(engine, "tokenizer", None)
+        prompt = await asyncio.to_thread(render_chat, messages, tokenizer)
+        started, first, stream = await unless_gone(request, start(prompt, params))
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
             greeted: set[int] = set()
@@ -215,7 +296,7 @@ def create_app(
                 }
 
             return sse(first, stream, chunk, rid, now, body, started, "chat.completion.chunk")
-        texts, reasons, usage = await collect(first, stream)
+        texts, reasons, usage = await unless_gone(request, collect(first, stream))
         account(started, usage, list(reasons.values()))
         choices = [
             api.ChatChoice(

@@ -8,6 +8,12 @@ different parameters still share each forward pass. Requests that arrive while a
 wait for the next one (static batching: simple, and on a CPU the per-step overhead is what
 batching amortises).
 
+What may enter the queue is decided by :mod:`serving.engine.admission` (bounded in requests
+and tokens, prompts tokenized off the event loop). A batch that fails is not the end of its
+requests: each one that has not produced output yet is run again alone, so a request that
+breaks the engine fails alone and its batch-mates complete. A request whose client went
+away is dropped when the scheduler reaches it.
+
 Text is detokenised incrementally: a delta is released only once it cannot change, that is
 when it does not end in an incomplete UTF-8 sequence and cannot be the start of a stop string.
 Weights load from safetensors only.
@@ -26,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from serving.engine.admission import Admission, AdmissionLimits, Ticket
 from serving.engine.protocol import ChoiceDelta, EngineLoad, SamplingParams, Usage
 from serving.errors import InvalidRequest, ServingError
 
@@ -37,6 +44,7 @@ class BatchConfig:
     max_batch_size: int = 32  # rows (a request with n choices takes n rows)
     batch_wait_s: float = 0.005
     max_model_len: int | None = None  # defaults to the model's max_position_embeddings
+    admission: AdmissionLimits = field(default_factory=AdmissionLimits)
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -54,7 +62,9 @@ class _Request:
     prompt_ids: list[int]
     params: SamplingParams
     emit: Callable[[object], None]
+    ticket: Ticket | None = None
     cancelled: bool = False
+    started: bool = False  # some output went out: it cannot be re-run from the start
 
 
 @dataclass
@@ -127,6 +137,16 @@ class BatchingEngine:
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else next(iter(self.eos_ids), 0)
         self.max_model_len = self.config.max_model_len or self.model.config.max_position_embeddings
+        vocab = self.model.get_input_embeddings().num_embeddings
+        longest = max((len(t) for t in self.tokenizer.get_vocab()), default=1)
+        self.admission = Admission(
+            self.config.admission,
+            max_model_len=self.max_model_len,
+            max_batch_size=self.config.max_batch_size,
+            vocab_size=vocab,
+            max_chars_per_token=longest,
+            tokenize=lambda text: self.tokenizer(text)["input_ids"],
+        )
         self._thread = threading.Thread(target=self._loop, name="engine-scheduler", daemon=True)
         self._thread.start()
 
@@ -134,14 +154,20 @@ class BatchingEngine:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+            self.admission.close()
 
     def ready(self) -> bool:
+        """Liveness: the model is loaded and the scheduler thread runs."""
         return self._thread is not None and self._thread.is_alive()
+
+    def accepting(self) -> bool:
+        """Readiness: alive, and the queue has room for more work."""
+        return self.ready() and self.admission.accepting()
 
     def load(self) -> EngineLoad:
         return EngineLoad(
             running=self._running,
-            waiting=self._inbox.qsize(),
+            waiting=self.admission.queued_requests if self._thread else 0,
             extra={"batches_run": self.batches_run, "largest_batch": self.largest_batch},
         )
 
@@ -149,9 +175,11 @@ class BatchingEngine:
         return len(self.tokenizer(text)["input_ids"])
 
     async def generate(
-        self, prompt: str, params: SamplingParams
+        self, prompt: str | list[int], params: SamplingParams
     ) -> AsyncIterator[ChoiceDelta | Usage]:
-        prompt_ids = self.tokenizer(prompt)["input_ids"]
+        self.admission.check_logit_bias(params.logit_bias)
+        self.admission.check_room()
+        prompt_ids = await self.admission.prompt_ids(prompt)
         if not prompt_ids:
             raise InvalidRequest("prompt must not be empty", "prompt")
         if len(prompt_ids) + params.max_tokens > self.max_model_len:
@@ -169,7 +197,8 @@ class BatchingEngine:
             except RuntimeError:  # the client's loop is gone; the row finishes unseen
                 request.cancelled = True
 
-        request = _Request(prompt_ids, params, emit)
+        ticket = self.admission.admit(len(prompt_ids) + params.max_tokens * params.n)
+        request = _Request(prompt_ids, params, emit, ticket)
         self._inbox.put(request)
         try:
             while True:
@@ -181,6 +210,7 @@ class BatchingEngine:
                     return
         finally:
             request.cancelled = True
+            self.admission.release(ticket)  # a client gone while queued frees its place now
 
     # -- scheduler thread -------------------------------------------------------------------
 
@@ -199,17 +229,35 @@ class BatchingEngine:
                     break
                 batch.append(nxt)
                 rows += nxt.params.n
+            for request in batch:
+                self.admission.release(request.ticket)
+            batch = [r for r in batch if not r.cancelled]  # clients gone while queued
             self._running = len(batch)
             self.batches_run += 1
             self.largest_batch = max(self.largest_batch, len(batch))
+            started = time.monotonic()
             try:
-                self._run_batch([r for r in batch if not r.cancelled])
-            except Exception as exc:  # one bad batch must not kill the scheduler
-                log.exception("batch of %d requests failed", len(batch))
-                for request in batch:
-                    request.emit(EngineFailure(f"generation failed: {exc}"))
+                self._run_isolated(batch)
             finally:
                 self._running = 0
+                self.admission.note_batch(time.monotonic() - started)
+
+    def _run_isolated(self, batch: list[_Request]) -> None:
+        """Run ``batch``; if it fails, run each request that has no output yet alone."""
+        try:
+            self._run_batch(batch)
+            return
+        except Exception as exc:  # one bad request must not fail the others, nor the loop
+            if len(batch) == 1:
+                log.exception("request failed in the engine")
+                batch[0].emit(EngineFailure(f"generation failed: {exc}"))
+                return
+            log.warning("batch of %d failed (%s); running its requests alone", len(batch), exc)
+        for request in batch:
+            if request.started:
+                request.emit(EngineFailure("generation failed in a batch after output began"))
+            elif not request.cancelled:
+                self._run_isolated([request])
 
     @torch.inference_mode()
     def _run_batch(self, batch: list[_Request]) -> None:
@@ -228,15 +276,20 @@ class BatchingEngine:
         temps = torch.tensor([r.request.params.temperature for r in rows])
         top_ps = torch.tensor([r.request.params.top_p for r in rows])
         generators = [self._generator(r) for r in rows]
+        bias = self._bias(rows, self.model.get_input_embeddings().num_embeddings)
 
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         for _ in range(max(r.request.params.max_tokens for r in rows)):
-            next_ids = self._sample(out.logits[:, -1, :].float(), temps, top_ps, generators)
+            logits = out.logits[:, -1, :].float()
+            if bias is not None:
+                logits = logits + bias[:, : logits.shape[-1]]
+            next_ids = self._sample(logits, temps, top_ps, generators)
             for row, token in zip(rows, next_ids.tolist(), strict=True):
                 if row.done:
                     continue
                 delta = row.push(token)
                 if delta is not None:
+                    row.request.started = True
                     row.request.emit(delta)
                 if row.done:
                     self._maybe_emit_usage(row.request, rows)
@@ -255,6 +308,16 @@ class BatchingEngine:
     def _decoder(self) -> Callable[[list[int]], str]:
         tokenizer = self.tokenizer
         return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
+
+    @staticmethod
+    def _bias(rows: list[_Row], vocab: int) -> torch.Tensor | None:
+        if not any(r.request.params.logit_bias for r in rows):
+            return None
+        bias = torch.zeros((len(rows), vocab))
+        for i, row in enumerate(rows):
+            for token, value in row.request.params.logit_bias:
+                bias[i, token] = value
+        return bias
 
     def _generator(self, row: _Row) -> torch.Generator | None:
         seed = row.request.params.seed

@@ -16,6 +16,10 @@ rather than with a process that dies in the background. The module entry point, 
 ``--max-model-len`` is the model's context, so vLLM never sizes for more;
 ``--enforce-eager`` skips the torch.compile warm-up every start would pay.
 
+An engine gets only the environment it needs (:func:`engine_environment`: paths, locale,
+thread and accelerator settings, Hugging Face and vLLM options, log format), never the
+partner API keys or the gateway admin token the processes above it hold.
+
 An engine serving a model fetched from the registry logs that version on every line: the
 launcher finds it from the directory layout and passes it as ``MLOPS_MODEL_VERSION``.
 """
@@ -36,7 +40,7 @@ from typing import Literal
 
 import httpx
 
-from observability.logs import MODEL_VERSION_ENV
+from observability.logs import FORMAT_ENV, MODEL_VERSION_ENV, RUN_ID_ENV
 
 EngineKind = Literal["embedded", "vllm"]
 REPO = Path(__file__).resolve().parents[2]
@@ -211,6 +215,36 @@ def registry_version(model_dir: Path, max_depth: int = 6) -> str | None:
     return None
 
 
+_ENGINE_ENV = frozenset(
+    {
+        *("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TERM"),
+        *("TMPDIR", "TEMP", "TMP", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "MLOPS_HOME"),
+        *("PYTHONPATH", "PYTHONHASHSEED", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"),
+        FORMAT_ENV,
+        MODEL_VERSION_ENV,
+        RUN_ID_ENV,
+    }
+)
+_ENGINE_ENV_PREFIXES = (
+    *("LC_", "OMP_", "MKL_", "KMP_", "OPENBLAS_", "HF_", "TRANSFORMERS_", "TOKENIZERS_"),
+    *("TORCH", "PYTORCH_", "CUDA_", "NVIDIA_", "NCCL_", "VLLM_", "XDG_"),
+)
+_SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
+
+
+def engine_environment(environ: dict[str, str] | os._Environ) -> dict[str, str]:
+    """The part of ``environ`` an engine may see: an allowlist, so a secret added to the
+    operator's environment tomorrow is not handed to the engine by default; anything named
+    like a secret (``*KEY*``, ``*TOKEN*``, ...) is dropped even under an allowed prefix
+    (the model is local: the engine needs no ``HF_TOKEN``)."""
+    return {
+        name: value
+        for name, value in environ.items()
+        if (name in _ENGINE_ENV or name.startswith(_ENGINE_ENV_PREFIXES))
+        and not any(word in name.upper() for word in _SECRET_WORDS)
+    }
+
+
 def start_engine(
     spec: EngineSpec, log_path: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen:
@@ -219,7 +253,7 @@ def start_engine(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     version = registry_version(spec.model_dir)
     child_env = {
-        **os.environ,
+        **engine_environment(os.environ),
         "HF_HUB_OFFLINE": "1",
         **({MODEL_VERSION_ENV: version} if version else {}),
         **(env or {}),

@@ -22,6 +22,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     n: int = 1
     seed: int | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) pairs
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -67,11 +68,15 @@ class EngineLoad:
 class Engine(Protocol):
     served_model_name: str
 
-    def generate(self, prompt: str, params: SamplingParams) -> AsyncIterator[ChoiceDelta | Usage]:
+    def generate(
+        self, prompt: str | list[int], params: SamplingParams
+    ) -> AsyncIterator[ChoiceDelta | Usage]:
         """Stream deltas for ``params.n`` choices, then exactly one :class:`Usage`.
 
-        Raises :class:`serving.errors.InvalidRequest` before the first item when the request
-        cannot be served (for example a prompt longer than the model's context).
+        ``prompt`` is text or token ids. Raises :class:`serving.errors.InvalidRequest` before
+        the first item when the request cannot be served (for example a prompt longer than
+        the model's context, or a token id outside the vocabulary), and
+        :class:`serving.errors.Overloaded` when the engine's queue is full.
         """
         ...
 

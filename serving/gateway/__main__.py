@@ -3,8 +3,10 @@
 State lives in ``$MLOPS_HOME/serving/gateway-state.json`` (``--state`` overrides); the admin
 token comes from ``MLOPS_GATEWAY_ADMIN_TOKEN``; the serving config (partners, fallback routes)
 from ``--config``, else ``$MLOPS_SERVING_CONFIG``, else ``$MLOPS_HOME/serving/config.yaml`` if it
-exists. All are read here, at start, never at import. The ``--partner-*`` options tune the
-health rules documented in ``serving/partners/health.py``.
+exists. ``--require-api-keys`` (or ``MLOPS_GATEWAY_REQUIRE_API_KEYS=1``) makes every OpenAI
+call need a client key (``serving/gateway/keys.py``). All are read here, at start, never at
+import. The ``--partner-*`` options tune the health rules documented in
+``serving/partners/health.py``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20)
     parser.add_argument("--breaker-threshold", type=int, default=3)
     parser.add_argument("--breaker-cooldown-s", type=float, default=5.0)
+    parser.add_argument(
+        "--max-concurrency-per-backend",
+        type=int,
+        default=256,
+        help="requests in flight per backend; more are shed with 429 + Retry-After",
+    )
     parser.add_argument("--config", type=Path, default=None, help="serving config YAML")
+    parser.add_argument(
+        "--require-api-keys",
+        action="store_true",
+        default=None,
+        help="every OpenAI call needs a client API key (also MLOPS_GATEWAY_REQUIRE_API_KEYS=1)",
+    )
     defaults = HealthPolicy()
     parser.add_argument(
         "--partner-slow-s",
@@ -75,6 +89,11 @@ def main(argv: list[str] | None = None) -> None:
         max_body_bytes=args.max_body_bytes,
         breaker_threshold=args.breaker_threshold,
         breaker_cooldown_s=args.breaker_cooldown_s,
+        max_concurrency_per_backend=args.max_concurrency_per_backend,
+        require_api_keys=bool(
+            args.require_api_keys
+            or os.environ.get("MLOPS_GATEWAY_REQUIRE_API_KEYS", "").lower() in ("1", "true", "yes")
+        ),
         serving_config=serving_config,
         partner_policy=policy,
     )

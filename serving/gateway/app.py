@@ -5,7 +5,14 @@ straight to :class:`~serving.gateway.proxy.Proxy`, skipping routing and middlewa
 path is benchmarked); everything else goes to the FastAPI app. The
 admin API under ``/admin`` needs ``Authorization: Bearer $MLOPS_GATEWAY_ADMIN_TOKEN``; with
 no token configured it refuses every call rather than running open. Each admin change is
-persisted before it is acknowledged, so an acknowledged change survives a restart.
+persisted before it is acknowledged, so an acknowledged change survives a restart. Every
+name in an admin path (backend, route, partner, fallback route) must match
+:data:`~serving.gateway.routing.NAME_RULE`; anything else is a 400 quoting the rule (the
+paths take the rest of the URL, newlines included, as the name, so an encoded ``/`` or
+``\n`` reaches that check too).
+
+Client API keys (``/admin/keys``, see ``keys.py``) live in the same state file, hashed;
+``require_api_keys`` turns them on for every OpenAI call.
 
 Partners and fallback routes (``/admin/partners``, ``/admin/fallback-routes``) live in the
 same state file as backends and routes. At start the gateway restores that state, then
@@ -28,6 +35,7 @@ import httpx2 as httpx
 from fastapi import Depends, FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import JSONResponse, Response
 
 from serving.errors import (
@@ -35,10 +43,11 @@ from serving.errors import (
     Unauthorized,
     install_error_handlers,
 )
+from serving.gateway.keys import KeyTable
 from serving.gateway.metrics import GatewayMetrics
 from serving.gateway.partner_proxy import PartnerProxy
 from serving.gateway.proxy import Proxy
-from serving.gateway.routing import RoutingTable
+from serving.gateway.routing import RoutingTable, check_name
 from serving.gateway.state import StateStore
 from serving.gateway.upstream import UpstreamPool
 from serving.partners.adapters import adapter_for
@@ -50,6 +59,22 @@ from serving.partners.spec import PartnerSpec
 log = logging.getLogger(__name__)
 
 
+class _AnyName(Convertor):
+    """A path parameter taking the rest of the path, even ``/`` and newlines (Starlette's
+    ``path`` stops at a newline), so every name sent reaches :func:`check_name`."""
+
+    regex = r"[\s\S]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("admin_name", _AnyName())
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     state_path: Path
@@ -58,12 +83,18 @@ class GatewayConfig:
     breaker_threshold: int = 3
     breaker_cooldown_s: float = 5.0
     max_connections: int = 512
+    max_concurrency_per_backend: int = 256  # in-flight requests; more are shed with 429
+    require_api_keys: bool = False  # the secure path: every OpenAI call needs a client key
     serving_config: ServingConfig | None = None
     partner_policy: HealthPolicy = field(default_factory=HealthPolicy)
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1024:
             raise ValueError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
+        if self.max_concurrency_per_backend < 1:
+            raise ValueError(
+                f"max_concurrency_per_backend must be >= 1, got {self.max_concurrency_per_backend}"
+            )
         if self.breaker_threshold < 1:
             raise ValueError(f"breaker_threshold must be >= 1, got {self.breaker_threshold}")
 
@@ -72,6 +103,7 @@ class BackendIn(BaseModel):
     url: str
     timeout_s: float = Field(default=30.0, gt=0)
     model: str | None = None
+    max_concurrency: int | None = Field(default=None, ge=1, le=100_000)
 
 
 class RouteIn(BaseModel):
@@ -86,6 +118,11 @@ class WeightIn(BaseModel):
 
 class FallbackRouteIn(BaseModel):
     order: list[str] = Field(min_length=1)
+
+
+class KeyIn(BaseModel):
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
 
 
 class PinIn(BaseModel):
@@ -109,16 +146,20 @@ def _apply_config(partners: PartnerTable, config: ServingConfig) -> None:
 
 def create_app(config: GatewayConfig) -> GatewayASGI:
     table = RoutingTable(
-        breaker_threshold=config.breaker_threshold, breaker_cooldown_s=config.breaker_cooldown_s
+        breaker_threshold=config.breaker_threshold,
+        breaker_cooldown_s=config.breaker_cooldown_s,
+        max_concurrency=config.max_concurrency_per_backend,
     )
     partners = PartnerTable(table, config.partner_policy)
+    keys = KeyTable(required=config.require_api_keys)
     store = StateStore(config.state_path)
     saved = store.load()
     table.load_dict(saved)
     partners.load_dict(saved)
+    keys.load_dict(saved)
 
     def save() -> None:
-        store.save({**table.to_dict(), **partners.to_dict()})
+        store.save({**table.to_dict(), **partners.to_dict(), **keys.to_dict()})
 
     if config.serving_config is not None:
         _apply_config(partners, config.serving_config)
@@ -132,7 +173,7 @@ def create_app(config: GatewayConfig) -> GatewayASGI:
         )
         pool = UpstreamPool(max_connections=config.max_connections)
         async with httpx.AsyncClient(limits=limits, http2=False) as client:
-            proxy = Proxy(table, metrics, pool, config.max_body_bytes)
+            proxy = Proxy(table, metrics, pool, config.max_body_bytes, keys=keys)
             proxy.partners = PartnerProxy(proxy, partners, metrics, client, adapter_for)
             app.state.proxy = proxy
             watcher = asyncio.create_task(proxy.partners.watch_partners())
@@ -157,7 +198,9 @@ def create_app(config: GatewayConfig) -> GatewayASGI:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
-    async def models() -> JSONResponse:
+    async def models(request: Request) -> JSONResponse:
+        if keys.required:
+            keys.authenticate(request.headers.get("authorization", "").encode("latin-1"))
         now = int(time.time())
         names = [*table.routes, *partners.fallback_routes, *partners.partners]
         data = [
@@ -190,18 +233,20 @@ def create_app(config: GatewayConfig) -> GatewayASGI:
     async def read_state() -> dict:
         return state()
 
-    @app.put("/admin/backends/{name}", dependencies=admin)
+    @app.put("/admin/backends/{name:admin_name}", dependencies=admin)
     async def put_backend(name: str, body: BackendIn) -> dict:
-        table.put_backend(name, body.url, body.timeout_s, body.model)
+        check_name(name, "backend name")
+        table.put_backend(name, body.url, body.timeout_s, body.model, body.max_concurrency)
         return commit()
 
-    @app.delete("/admin/backends/{name}", dependencies=admin)
+    @app.delete("/admin/backends/{name:admin_name}", dependencies=admin)
     async def delete_backend(name: str) -> dict:
         table.remove_backend(name)
         return commit()
 
-    @app.put("/admin/routes/{name}", dependencies=admin)
+    @app.put("/admin/routes/{name:admin_name}", dependencies=admin)
     async def put_route(name: str, body: RouteIn) -> dict:
+        check_name(name, "route name")
         taken = partners.names_in_use(name)
         if taken not in (None, "local route"):
             raise InvalidRequest(f"{name!r} is already a {taken}; pick another name", "name")
@@ -216,22 +261,42 @@ def create_app(config: GatewayConfig) -> GatewayASGI:
         table.put_route(name, route.stable, route.canary, body.canary_weight)
         return commit()
 
+    @app.get("/admin/keys", dependencies=admin)
+    async def read_keys() -> dict:
+        return keys.status()
+
+    @app.post("/admin/keys/{name:admin_name}", dependencies=admin)
+    async def create_key(name: str, body: KeyIn) -> dict:
+        """A new key for ``name`` (replacing any old one); the key is shown only here."""
+        check_name(name, "key name")
+        secret = keys.create(name, body.rpm, body.tpm)
+        save()
+        return {"name": name, "key": secret, **keys.status()["keys"][name]}
+
+    @app.delete("/admin/keys/{name:admin_name}", dependencies=admin)
+    async def delete_key(name: str) -> dict:
+        keys.remove(name)
+        save()
+        return keys.status()
+
     @app.get("/admin/partners", dependencies=admin)
     async def read_partners() -> dict:
         return partners.status()
 
-    @app.put("/admin/partners/{name}", dependencies=admin)
+    @app.put("/admin/partners/{name:admin_name}", dependencies=admin)
     async def put_partner(name: str, body: dict) -> dict:
+        check_name(name, "partner name")
         partners.put_partner(_partner_spec(name, body))
         return commit_partners()
 
-    @app.delete("/admin/partners/{name}", dependencies=admin)
+    @app.delete("/admin/partners/{name:admin_name}", dependencies=admin)
     async def delete_partner(name: str) -> dict:
         partners.remove_partner(name)
         return commit_partners()
 
-    @app.put("/admin/fallback-routes/{name}", dependencies=admin)
+    @app.put("/admin/fallback-routes/{name:admin_name}", dependencies=admin)
     async def put_fallback_route(name: str, body: FallbackRouteIn) -> dict:
+        check_name(name, "fallback route name")
         partners.put_fallback_route(name, body.order)
         return commit_partners()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -53,6 +54,13 @@ class BackendStats:
         return float("inf")
 
 
+def _seg(name: str) -> str:
+    """``name`` as one URL path segment: ``/``, ``..``, NUL and the rest cannot escape it
+    (dots are unreserved, so a name of only dots is encoded by hand: clients would otherwise
+    resolve it as a relative path)."""
+    return name.replace(".", "%2E") if name.strip(".") == "" else quote(name, safe="")
+
+
 class GatewayAdmin:
     def __init__(self, url: str, token: str, timeout_s: float = 5.0, retries: int = 3) -> None:
         self.url = url.rstrip("/")
@@ -86,26 +94,45 @@ class GatewayAdmin:
         return self._call("GET", "/admin/state")
 
     def put_backend(
-        self, name: str, url: str, timeout_s: float = 30.0, model: str | None = None
+        self,
+        name: str,
+        url: str,
+        timeout_s: float = 30.0,
+        model: str | None = None,
+        max_concurrency: int | None = None,
     ) -> dict:
-        return self._call(
-            "PUT", f"/admin/backends/{name}", {"url": url, "timeout_s": timeout_s, "model": model}
-        )
+        body = {"url": url, "timeout_s": timeout_s, "model": model}
+        if max_concurrency is not None:
+            body["max_concurrency"] = max_concurrency
+        return self._call("PUT", f"/admin/backends/{_seg(name)}", body)
 
     def remove_backend(self, name: str) -> dict:
-        return self._call("DELETE", f"/admin/backends/{name}")
+        return self._call("DELETE", f"/admin/backends/{_seg(name)}")
 
     def put_route(
         self, route: str, stable: str, canary: str | None = None, canary_weight: float = 0.0
     ) -> dict:
         return self._call(
             "PUT",
-            f"/admin/routes/{route}",
+            f"/admin/routes/{_seg(route)}",
             {"stable": stable, "canary": canary, "canary_weight": canary_weight},
         )
 
     def set_weight(self, route: str, canary_weight: float) -> dict:
-        return self._call("POST", f"/admin/routes/{route}/weight", {"canary_weight": canary_weight})
+        return self._call(
+            "POST", f"/admin/routes/{_seg(route)}/weight", {"canary_weight": canary_weight}
+        )
+
+    def create_key(self, name: str, rpm: int | None = None, tpm: int | None = None) -> str:
+        """A new client API key for ``name``; the gateway shows it only in this answer."""
+        return self._call("POST", f"/admin/keys/{_seg(name)}", {"rpm": rpm, "tpm": tpm})["key"]
+
+    def remove_key(self, name: str) -> dict:
+        return self._call("DELETE", f"/admin/keys/{_seg(name)}")
+
+    def keys(self) -> dict:
+        """Whether keys are required, and each key's limits and last-minute usage."""
+        return self._call("GET", "/admin/keys")
 
     def partners(self) -> dict:
         """Partners with their health, and fallback routes with their pins."""
@@ -113,21 +140,23 @@ class GatewayAdmin:
 
     def put_partner(self, name: str, spec: dict) -> dict:
         """``spec`` is ``PartnerSpec.to_dict()``: the key's variable name, never the key."""
-        return self._call("PUT", f"/admin/partners/{name}", spec)
+        return self._call("PUT", f"/admin/partners/{_seg(name)}", spec)
 
     def remove_partner(self, name: str) -> dict:
-        return self._call("DELETE", f"/admin/partners/{name}")
+        return self._call("DELETE", f"/admin/partners/{_seg(name)}")
 
     def put_fallback_route(self, name: str, order: list[str]) -> dict:
-        return self._call("PUT", f"/admin/fallback-routes/{name}", {"order": list(order)})
+        return self._call("PUT", f"/admin/fallback-routes/{_seg(name)}", {"order": list(order)})
 
     def pin(self, route: str, target: str, reason: str) -> dict:
         return self._call(
-            "POST", f"/admin/fallback-routes/{route}/pin", {"target": target, "reason": reason}
+            "POST",
+            f"/admin/fallback-routes/{_seg(route)}/pin",
+            {"target": target, "reason": reason},
         )
 
     def unpin(self, route: str) -> dict:
-        return self._call("DELETE", f"/admin/fallback-routes/{route}/pin")
+        return self._call("DELETE", f"/admin/fallback-routes/{_seg(route)}/pin")
 
     def backend_stats(self, route: str) -> dict[str, BackendStats]:
         """Scrape ``/metrics`` and return cumulative stats per backend of ``route``."""

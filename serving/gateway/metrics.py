@@ -46,8 +46,14 @@ class _TableCollector(Collector):
             "Circuit breaker: 0 closed, 1 half-open, 2 open",
             labels=["backend"],
         )
+        in_flight = GaugeMetricFamily(
+            "gateway_backend_in_flight",
+            "Requests in flight to a backend (at most its max_concurrency)",
+            labels=["backend"],
+        )
         for name, backend in self.table.backends.items():
             breaker.add_metric([name], int(backend.breaker.state))
+            in_flight.add_metric([name], backend.slots.in_flight)
         weight = GaugeMetricFamily(
             "gateway_route_canary_weight",
             "Percent of route traffic sent to the canary first",
@@ -56,6 +62,7 @@ class _TableCollector(Collector):
         for name, route in self.table.routes.items():
             weight.add_metric([name, route.canary or ""], route.canary_weight)
         yield breaker
+        yield in_flight
         yield weight
 
 
@@ -125,6 +132,27 @@ class GatewayMetrics:
             ["route", "from_backend", "to_backend"],
             registry=r,
         )
+        self._shed = Counter(
+            "gateway_shed",
+            "Attempts not sent because a backend was full or answered 429 (not faults)",
+            ["route", "backend", "reason"],
+            registry=r,
+        )
+        self._key_requests = Counter(
+            "gateway_key_requests", "Requests admitted per client API key", ["key"], registry=r
+        )
+        self._key_tokens = Counter(
+            "gateway_key_tokens",
+            "Tokens charged per client API key (usage; max_tokens for streams)",
+            ["key"],
+            registry=r,
+        )
+        self._key_rejected = Counter(
+            "gateway_key_rejected",
+            "Requests refused per client API key (over quota)",
+            ["key", "reason"],
+            registry=r,
+        )
         self._responses = Counter(
             "gateway_responses", "Responses returned to clients", ["route", "code"], registry=r
         )
@@ -151,6 +179,18 @@ class GatewayMetrics:
 
     def retry(self, route: str, from_backend: str, to_backend: str) -> None:
         self._child(self._retries, route, from_backend, to_backend).inc()
+
+    def shed(self, route: str, backend: str, reason: str) -> None:
+        self._child(self._shed, route, backend, reason).inc()
+
+    def key_request(self, key: str) -> None:
+        self._child(self._key_requests, key).inc()
+
+    def key_tokens(self, key: str, tokens: int) -> None:
+        self._child(self._key_tokens, key).inc(tokens)
+
+    def key_rejected(self, key: str, reason: str) -> None:
+        self._child(self._key_rejected, key, reason).inc()
 
     def response(self, route: str, code: int) -> None:
         self._child(self._responses, route, str(code)).inc()

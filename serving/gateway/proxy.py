@@ -9,6 +9,12 @@ keep-alive HTTP/1.1 connections parsed by ``httptools``. Answers go straight to 
 path costs about 60 µs of CPU per request, against 730-980 µs with ``httpx2`` and Starlette
 (``benchmarks/gateway_components.py`` splits the cost by component).
 
+Each backend has a concurrency limit: a backend with every slot taken is skipped, and a
+local backend answering 429 (its queue is full) is passed over for the next attempt; when
+no attempt could be sent for those reasons the client gets a fast 429 with ``Retry-After``.
+Neither is a backend fault. A client that goes away while its request waits closes the
+upstream connection, so the engine drops the request from its queue.
+
 A connection error, timeout or 5xx counts against the backend's breaker and moves on to the
 next attempt (the canary's failures are retried on stable); when every attempt answered 5xx
 the last one is relayed, and when none could answer the client gets a 503 in the OpenAI
@@ -37,11 +43,13 @@ from observability.logs import REQUEST_ID_HEADER, request_id_from, request_id_va
 from serving.errors import (
     InvalidRequest,
     NotFound,
+    Overloaded,
     RequestTooLarge,
     ServingError,
     Unavailable,
     error_body,
 )
+from serving.gateway.keys import ClientKey, KeyTable
 from serving.gateway.metrics import GatewayMetrics
 from serving.gateway.routing import Backend, Route, RoutingTable
 from serving.gateway.upstream import UpstreamError, UpstreamPool, UpstreamResponse, UpstreamTimeout
@@ -72,6 +80,14 @@ class LocalOutcome:
     stream: tuple[Backend, UpstreamResponse, float] | None
     last: Answer | None
     previous: str | None
+    shed_retry_s: float | None = None  # set when a backend was full or answered 429
+
+    def overloaded(self, label: str) -> Overloaded:
+        return Overloaded(
+            f"`{label}` is at capacity; retry after the Retry-After delay",
+            self.shed_retry_s or 1.0,
+            "model",
+        )
 
 
 class Proxy:
@@ -84,10 +100,12 @@ class Proxy:
         pool: UpstreamPool,
         max_body_bytes: int,
         partners: PartnerProxy | None = None,
+        keys: KeyTable | None = None,
     ) -> None:
         self.table, self.metrics, self.pool = table, metrics, pool
         self.max_body_bytes = max_body_bytes
         self.partners = partners
+        self.keys = keys
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":  # no lifespan of its own: the pool's owner closes it
@@ -97,16 +115,22 @@ class Proxy:
         except _ClientGone:
             return
         except ServingError as exc:
-            await _respond(send, exc.status_code, _JSON, _error(exc), _request_id())
+            extra = (
+                ((b"retry-after", exc.retry_after.encode()),) if isinstance(exc, Overloaded) else ()
+            )
+            await _respond(send, exc.status_code, _JSON, _error(exc), _request_id(), extra)
         except Exception:  # never let one request take the connection down without an answer
             log.exception("proxy failed")
             error = _error(ServingError("internal gateway error"))
             await _respond(send, 500, _JSON, error, _request_id())
 
     async def forward(self, scope, receive, send) -> None:
-        body, caller_id = await self._read_body(scope, receive)
+        body, caller_id, authorization = await self._read_body(scope, receive)
         rid = request_id_from(caller_id)
         request_id_var.set(rid)  # each request runs in its own task: log lines carry it
+        key = None
+        if self.keys is not None and self.keys.required:
+            key = self._authenticate(authorization)
         payload = parse_request(body)
         name = payload["model"]
         stream = payload.get("stream") is True
@@ -116,19 +140,29 @@ class Proxy:
             if self.partners is None:
                 raise NotFound(f"The model `{name}` does not exist", "model", "model_not_found")
             response = await self.partners.forward(name, body, payload, path, stream)
+            if key is not None:
+                self._charge(key, payload, stream, getattr(response, "body", None))
             response.headers[REQUEST_ID_HEADER] = rid
             await response(scope, receive, send)
             return
-        outcome = await self.attempt_local(name, route, body, payload, path, stream, None, rid)
+        attempt = self.attempt_local(name, route, body, payload, path, stream, None, rid)
+        outcome = await _unless_gone(receive, attempt)
         if outcome.stream is not None:
             self.metrics.response(name, 200)
+            if key is not None:
+                self._charge(key, payload, True, None)
             await self._stream(receive, send, name, *outcome.stream)
             return
         answer = outcome.answer or outcome.last
+        if key is not None and outcome.answer is not None and outcome.answer[0] == 200:
+            self._charge(key, payload, False, outcome.answer[2])
         if answer is not None:
             self.metrics.response(name, answer[0])
             await _respond(send, *answer, rid.encode("latin-1"))
             return
+        if outcome.shed_retry_s is not None:
+            self.metrics.response(name, 429)
+            raise outcome.overloaded(name)
         self.metrics.response(name, 503)
         raise Unavailable(
             f"no healthy backend for `{name}`; retry shortly", "model", "backend_unavailable"
@@ -149,10 +183,12 @@ class Proxy:
         client asked for: the route itself, or a fallback route through it). The request id
         goes to the engine, so its log lines can be joined with the gateway's."""
         last: Answer | None = None
+        shed_retry_s: float | None = None
         headers = {"content-type": "application/json"}
         if request_id is not None:
             headers[REQUEST_ID_HEADER] = request_id
-        for backend in route.attempts(self.table.backends):
+        full: list[str] = []
+        for backend in route.attempts(self.table.backends, full):
             if previous is not None:
                 self.metrics.retry(label, previous, backend.name)
             previous = backend.name
@@ -167,16 +203,29 @@ class Proxy:
                     "POST", backend.url + path, content, headers, backend.timeout_s
                 )
             except UpstreamTimeout:
+                backend.slots.release()
                 self._failed(label, backend, "timeout")
                 continue
             except UpstreamError:
+                backend.slots.release()
                 self._failed(label, backend, "connect")
                 continue
+            except BaseException:  # cancelled: the client went away
+                backend.slots.release()
+                raise
+            upstream.on_done = backend.slots.release  # when the body ends or is abandoned
             status, content_type = upstream.status, upstream.raw_content_type
             if status >= 500:
                 with contextlib.suppress(UpstreamError):  # a 5xx whose body broke: no `last`
                     last = (status, content_type, await upstream.read())
                 self._failed(label, backend, "status_5xx")
+                continue
+            if status == 429:  # the backend sheds load: not its fault, try the next one
+                with contextlib.suppress(UpstreamError):  # read to keep the connection
+                    await upstream.read()
+                retry = _retry_after(upstream.headers.get("retry-after"))
+                shed_retry_s = max(shed_retry_s or 0.0, retry)
+                self.metrics.shed(label, backend.name, "backend_429")
                 continue
             if stream and status == 200:
                 return LocalOutcome(None, (backend, upstream, started), last, previous)
@@ -188,7 +237,36 @@ class Proxy:
             backend.breaker.success()
             self.metrics.latency(label, backend.name, time.perf_counter() - started)
             return LocalOutcome((status, content_type, data), None, last, previous)
-        return LocalOutcome(None, None, last, previous)
+        for name in full:
+            self.metrics.shed(label, name, "concurrency")
+        if full and last is None:
+            shed_retry_s = max(shed_retry_s or 0.0, 1.0)
+        return LocalOutcome(None, None, last, previous, shed_retry_s)
+
+    def _authenticate(self, authorization: bytes | None) -> ClientKey:
+        try:
+            key = self.keys.authenticate(authorization)
+        except Overloaded:
+            name = self.keys.name_of(authorization)
+            self.metrics.key_rejected(name, "quota")
+            raise
+        self.metrics.key_request(key.name)
+        return key
+
+    def _charge(self, key: ClientKey, payload: dict, stream: bool, body: bytes | None) -> None:
+        """Tokens against the key's quota: the answer's usage, or for a stream (not parsed
+        here) its ``max_tokens`` times ``n``, the most it can cost."""
+        tokens = 0
+        if not stream and body:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                tokens = int(json.loads(body)["usage"]["total_tokens"])
+        else:
+            limit = payload.get("max_tokens") or payload.get("max_completion_tokens") or 16
+            n = payload.get("n") or 1
+            if isinstance(limit, int) and isinstance(n, int):
+                tokens = limit * n
+        key.charge_tokens(self.keys.clock(), tokens)
+        self.metrics.key_tokens(key.name, tokens)
 
     def as_response(self, label: str, outcome: LocalOutcome) -> Response | None:
         """The outcome as a Starlette response (for the partner path), or None."""
@@ -217,14 +295,16 @@ class Proxy:
         backend.breaker.success()
         self.metrics.latency(route, backend.name, time.perf_counter() - started)
 
-    async def _read_body(self, scope, receive) -> tuple[bytes, str | None]:
-        """The body under the size limit, and the caller's request id header if any."""
-        limit, caller_id = self.max_body_bytes, None
+    async def _read_body(self, scope, receive) -> tuple[bytes, str | None, bytes | None]:
+        """The body under the size limit, the caller's request id and authorization headers."""
+        limit, caller_id, authorization = self.max_body_bytes, None, None
         for key, value in scope["headers"]:
             if key == b"content-length" and value.isdigit() and int(value) > limit:
                 raise RequestTooLarge(f"request body over the {limit}-byte limit")
             if key == _RID:
                 caller_id = value.decode("latin-1")
+            elif key == b"authorization":
+                authorization = value
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -237,9 +317,9 @@ class Proxy:
                 raise RequestTooLarge(f"request body over the {limit}-byte limit")
             if not message.get("more_body", False):
                 if not chunks:
-                    return chunk, caller_id
+                    return chunk, caller_id, authorization
                 chunks.append(chunk)
-                return b"".join(chunks), caller_id
+                return b"".join(chunks), caller_id, authorization
             chunks.append(chunk)
 
     async def _stream(
@@ -287,6 +367,29 @@ def parse_request(body: bytes) -> dict:
     return payload
 
 
+def _retry_after(value: str | None) -> float:
+    try:
+        return min(60.0, max(1.0, float(value))) if value else 1.0
+    except ValueError:
+        return 1.0
+
+
+async def _unless_gone(receive, work):
+    """``work``'s result; cancelled (and :class:`_ClientGone`) if the client leaves first, so
+    the upstream connection closes and the engine drops the request from its queue."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+    if task.cancelled():
+        raise _ClientGone
+    return task.result()
+
+
 def _media(content_type: bytes | None) -> str | None:
     return content_type.decode("latin-1") if content_type is not None else None
 
@@ -305,9 +408,14 @@ def _request_id() -> bytes:
 
 
 async def _respond(
-    send, status: int, content_type: bytes | None, body: bytes, request_id: bytes = b""
+    send,
+    status: int,
+    content_type: bytes | None,
+    body: bytes,
+    request_id: bytes = b"",
+    extra: tuple[tuple[bytes, bytes], ...] = (),
 ) -> None:
-    headers = [(b"content-length", b"%d" % len(body))]
+    headers = [(b"content-length", b"%d" % len(body)), *extra]
     if request_id:
         headers.append((_RID, request_id))
     if content_type is not None:

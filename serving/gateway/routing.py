@@ -9,18 +9,57 @@ order: the weighted pick first and, when that was the canary, the stable backend
 single retry, so a failing canary is never user-visible. Breakers are consulted lazily, one attempt at a time,
 so a half-open probe slot is only taken by a request that really goes there.
 
+Each backend also has a concurrency limit (:class:`Slots`): a backend with every slot taken
+is skipped *before* its breaker is asked, and when no backend of a route has room the
+request is shed with 429. A shed is the gateway's choice, not the backend's fault, so it
+never touches the breaker. Names of backends, routes and partners follow :data:`NAME_RULE`,
+checked at the admin API.
+
 The table is plain data with ``to_dict``/``from_dict``; persistence lives in ``state.py``.
 """
 
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
 
 from serving.errors import InvalidRequest
+
+NAME_RULE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_NAME = re.compile(NAME_RULE)
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """``name`` if it follows :data:`NAME_RULE` (safe in URLs, paths, logs and labels)."""
+    if not _NAME.fullmatch(name):
+        raise InvalidRequest(
+            f"{what} {name[:80]!r} does not match {NAME_RULE}: 1-64 characters, letters, "
+            "digits, '.', '_' or '-', starting with a letter or digit",
+            "name",
+            "invalid_name",
+        )
+    return name
+
+
+@dataclass
+class Slots:
+    """Requests in flight to one backend, at most ``limit``."""
+
+    limit: int = 256
+    in_flight: int = 0
+
+    def try_acquire(self) -> bool:
+        if self.in_flight >= self.limit:
+            return False
+        self.in_flight += 1
+        return True
+
+    def release(self) -> None:
+        self.in_flight -= 1
 
 
 class BreakerState(IntEnum):
@@ -71,8 +110,13 @@ class Backend:
     timeout_s: float = 30.0
     model: str | None = None  # the upstream's model name when it differs from the route's
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker, compare=False)
+    slots: Slots = field(default_factory=Slots, compare=False)
 
     def __post_init__(self) -> None:
+        if self.slots.limit < 1:
+            raise InvalidRequest(
+                f"max_concurrency must be >= 1, got {self.slots.limit}", "max_concurrency"
+            )
         if not self.url.startswith(("http://", "https://")):
             raise InvalidRequest(f"backend url must be http(s)://..., got {self.url!r}", "url")
         if self.timeout_s <= 0:
@@ -80,7 +124,23 @@ class Backend:
         self.url = self.url.rstrip("/")
 
     def to_dict(self) -> dict:
-        return {"url": self.url, "timeout_s": self.timeout_s, "model": self.model}
+        return {
+            "url": self.url,
+            "timeout_s": self.timeout_s,
+            "model": self.model,
+            "max_concurrency": self.slots.limit,
+        }
+
+    def admit(self, shed: list[str]) -> bool:
+        """Take a slot and the breaker's permission, or neither; a full backend joins
+        ``shed``. The caller releases the slot when the attempt ends."""
+        if not self.slots.try_acquire():
+            shed.append(self.name)
+            return False
+        if self.breaker.allow():
+            return True
+        self.slots.release()
+        return False
 
 
 @dataclass
@@ -98,7 +158,8 @@ class Route:
         if self.canary_weight > 0 and self.canary is None:
             raise InvalidRequest("canary_weight > 0 needs a canary backend", "canary")
 
-    def attempts(self, backends: dict[str, Backend]) -> Iterator[Backend]:
+    def attempts(self, backends: dict[str, Backend], shed: list[str]) -> Iterator[Backend]:
+        """Backends to try, each with a slot taken (release it); full ones go to ``shed``."""
         stable = backends[self.stable]
         canary = backends.get(self.canary) if self.canary else None
         to_canary = (
@@ -106,9 +167,9 @@ class Route:
             and self.canary_weight > 0
             and (self.canary_weight >= 100 or random.random() * 100 < self.canary_weight)
         )
-        if to_canary and canary.breaker.allow():
+        if to_canary and canary.admit(shed):
             yield canary
-        if stable.breaker.allow():
+        if stable.admit(shed):
             yield stable
 
     def to_dict(self) -> dict:
@@ -121,14 +182,23 @@ class RoutingTable:
     routes: dict[str, Route] = field(default_factory=dict)
     breaker_threshold: int = 3
     breaker_cooldown_s: float = 5.0
+    max_concurrency: int = 256  # per backend, unless its registration says otherwise
 
     def put_backend(
-        self, name: str, url: str, timeout_s: float = 30.0, model: str | None = None
+        self,
+        name: str,
+        url: str,
+        timeout_s: float = 30.0,
+        model: str | None = None,
+        max_concurrency: int | None = None,
     ) -> Backend:
         old = self.backends.get(name)
-        backend = Backend(name, url, timeout_s, model, self._breaker())
+        slots = Slots(max_concurrency or self.max_concurrency)
+        backend = Backend(name, url, timeout_s, model, self._breaker(), slots)
         if old is not None and old.url == backend.url:
             backend.breaker = old.breaker  # same upstream: keep what we learned about it
+            backend.slots = old.slots  # and its requests in flight
+            backend.slots.limit = slots.limit
         self.backends[name] = backend
         return backend
 
@@ -163,7 +233,9 @@ class RoutingTable:
 
     def load_dict(self, data: dict) -> None:
         for name, b in data.get("backends", {}).items():
-            self.put_backend(name, b["url"], b.get("timeout_s", 30.0), b.get("model"))
+            self.put_backend(
+                name, b["url"], b.get("timeout_s", 30.0), b.get("model"), b.get("max_concurrency")
+            )
         for name, r in data.get("routes", {}).items():
             self.put_route(name, r["stable"], r.get("canary"), r.get("canary_weight", 0.0))
 

@@ -32,7 +32,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
 import httptools
@@ -292,13 +292,14 @@ class UpstreamResponse:
     :meth:`iter_raw` (transfer-decoded bytes, as they come). Either returns the connection
     to the pool once the body has ended; :meth:`close` gives up on the rest of the body."""
 
-    __slots__ = ("status", "_raw_headers", "_conn", "_origin", "_timeout_s", "_done")
+    __slots__ = ("status", "_raw_headers", "_conn", "_origin", "_timeout_s", "_done", "on_done")
 
     def __init__(self, conn: _Connection, origin: _Origin, timeout_s: float) -> None:
         self.status = conn.status
         self._raw_headers = conn.headers  # the connection starts a new dict per exchange
         self._conn, self._origin, self._timeout_s = conn, origin, timeout_s
         self._done = False
+        self.on_done: Callable[[], None] | None = None  # called once, when the body ends
 
     @property
     def headers(self) -> dict[str, str]:
@@ -331,11 +332,17 @@ class UpstreamResponse:
         if not self._done:
             self._done = True
             self._origin.discard(self._conn)
+            self._ended()
 
     def _finish(self) -> None:
         if not self._done:
             self._done = True
             self._origin.release(self._conn)
+            self._ended()
+
+    def _ended(self) -> None:
+        if self.on_done is not None:
+            self.on_done()
 
 
 class UpstreamPool:

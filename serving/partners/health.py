@@ -27,7 +27,13 @@ slot. A partner with probes disabled gets one live trial request per cooldown in
 
 A 429 sets ``retry_after_until`` (``Retry-After`` in seconds or as an HTTP date, else
 ``default_retry_after_s``): nothing, probes included, is sent before it passes. It counts in
-the window's error rate but not against the breaker: the partner is alive, only busy.
+the window's error rate but not against the breaker: the partner is alive, only busy. After
+a 429, live traffic waits for a probe to succeed (a partner with probes disabled gets one
+live trial instead), so a partner that keeps refusing costs no user a wasted round trip.
+Consecutive 429s back off beyond ``Retry-After`` (it doubles with each one, up to
+``max_retry_after_s``), and ``rate_limit_threshold`` of them in a row mark the partner
+``degraded`` (rate limited), which ``partner_health_sensor`` sees; it recovers as any
+degraded partner does, on consecutive successful probes and the dwell time.
 
 A hung partner must not blind the gateway for a whole request timeout, so an attempt has a
 time-to-first-token deadline (:meth:`PartnerHealth.first_token_deadline`): ``ttft_factor``
@@ -85,6 +91,7 @@ class HealthPolicy:
     max_dwell_s: float = 120.0
     default_retry_after_s: float = 5.0
     max_retry_after_s: float = 300.0
+    rate_limit_threshold: int = 2  # consecutive 429s that mark the partner degraded
     ttft_floor_s: float = 1.0
     ttft_factor: float = 3.0
 
@@ -93,7 +100,13 @@ class HealthPolicy:
             raise ValueError(
                 f"degraded_error_rate must be in (0, 1], got {self.degraded_error_rate}"
             )
-        for name in ("breaker_threshold", "recover_successes", "min_window", "window_max"):
+        for name in (
+            "breaker_threshold",
+            "recover_successes",
+            "min_window",
+            "window_max",
+            "rate_limit_threshold",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("window_s", "slow_p95_s", "ttft_floor_s", "ttft_factor"):
@@ -168,6 +181,7 @@ class PartnerHealth:
         self.since_mono = self.clock()
         self.since = self.wall()
         self.consecutive_ok = 0
+        self.consecutive_429 = 0
         self.retry_after_mono = 0.0
         self.retry_after_wall: float | None = None
         self.last_probe_mono: float | None = None
@@ -184,7 +198,7 @@ class PartnerHealth:
         now = self.clock()
         if now < self.retry_after_mono:
             return False
-        if self.state is PartnerState.HEALTHY:
+        if self.state is PartnerState.HEALTHY and not self.consecutive_429:
             return self.breaker.state is BreakerState.CLOSED
         if self.probes_enabled or now - self.last_trial_mono < self.policy.breaker_cooldown_s:
             return False
@@ -222,6 +236,7 @@ class PartnerHealth:
         self._note_probe(probe, True)
         self._add(Outcome(self.clock(), True, "ok", latency_s))
         self.consecutive_ok += 1
+        self.consecutive_429 = 0
         self.breaker.success()
         self.evaluate()
 
@@ -230,12 +245,15 @@ class PartnerHealth:
         self._add(Outcome(self.clock(), False, kind, None))
         self.consecutive_ok = 0
         if kind != RATE_LIMITED:
+            self.consecutive_429 = 0
             self.breaker.failure()
         self.evaluate()
 
     def rate_limited(self, retry_after_s: float | None, probe: bool = False) -> None:
         delay = self.policy.default_retry_after_s if retry_after_s is None else retry_after_s
-        delay = min(delay, self.policy.max_retry_after_s)
+        self.consecutive_429 += 1
+        # a partner that keeps refusing is asked less and less often, beyond its Retry-After
+        delay = min(delay * 2 ** (self.consecutive_429 - 1), self.policy.max_retry_after_s)
         self.retry_after_mono = max(self.retry_after_mono, self.clock() + delay)
         self.retry_after_wall = self.wall() + (self.retry_after_mono - self.clock())
         self.failure(RATE_LIMITED, probe)
@@ -251,7 +269,7 @@ class PartnerHealth:
                 f" (last: {last})",
             )
         elif self.state is PartnerState.HEALTHY:
-            degraded = self._degradation()
+            degraded = self._rate_limited() or self._degradation()
             if degraded:
                 self._move(PartnerState.DEGRADED, degraded)
         elif (
@@ -294,6 +312,14 @@ class PartnerHealth:
         }
 
     # -- internals ------------------------------------------------------------------------
+
+    def _rate_limited(self) -> str | None:
+        if self.consecutive_429 < self.policy.rate_limit_threshold:
+            return None
+        backoff = self.retry_after_mono - self.clock()
+        return (
+            f"rate limited: {self.consecutive_429} consecutive 429s (backing off {backoff:.0f} s)"
+        )
 
     def _degradation(self) -> str | None:
         outcomes = self._recent()

@@ -1,5 +1,8 @@
 """Contract: the embedded engine batches concurrent requests into shared forward passes, and
 batching changes nothing in the answers (left padding, per-request sampling parameters).
+A request that breaks the engine fails alone (its batch-mates complete); the queue is
+bounded, and what it cannot take is refused at once with ``Overloaded``; token-id prompts
+and ``logit_bias`` are checked against the vocabulary.
 """
 
 from __future__ import annotations
@@ -8,9 +11,10 @@ import asyncio
 
 import pytest
 
-from serving.engine.batching import BatchConfig, BatchingEngine
+from serving.engine.admission import Admission, AdmissionLimits
+from serving.engine.batching import BatchConfig, BatchingEngine, EngineFailure
 from serving.engine.protocol import ChoiceDelta, SamplingParams, Usage
-from serving.errors import InvalidRequest
+from serving.errors import InvalidRequest, Overloaded
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +89,87 @@ def test_rejects_requests_beyond_the_context(engine):
     assert error.value.param == "max_tokens"
     with pytest.raises(InvalidRequest):
         SamplingParams(top_p=0)
+
+
+def test_a_request_that_breaks_the_engine_fails_alone(engine):
+    # a seed past uint64 makes torch.Generator raise inside the batch; the HTTP boundary
+    # refuses it (400), so only a direct caller can still send it: the engine's last line
+    poison = SamplingParams(max_tokens=4, temperature=1.0, seed=2**64)
+    good = [SamplingParams(max_tokens=4, temperature=1.0, seed=i) for i in range(10)]
+
+    async def together():
+        calls = [run(engine, "Q: sort", p) for p in [poison, *good]]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    failed, *answers = asyncio.run(together())
+    assert isinstance(failed, EngineFailure)
+    assert all(not isinstance(a, BaseException) for a in answers), answers
+    assert all(a[2].completion_tokens >= 1 for a in answers)
+
+
+def test_vocabulary_is_checked_for_token_ids_and_logit_bias(engine):
+    tokens = engine.tokenizer("Q: sort")["input_ids"]
+    by_ids = asyncio.run(run(engine, tokens, SamplingParams(max_tokens=4, temperature=0)))
+    by_text = asyncio.run(run(engine, "Q: sort", SamplingParams(max_tokens=4, temperature=0)))
+    assert by_ids[0] == by_text[0]
+    with pytest.raises(InvalidRequest) as error:
+        asyncio.run(run(engine, [1, 10**9], SamplingParams(max_tokens=2)))
+    assert error.value.param == "prompt"
+    with pytest.raises(InvalidRequest) as error:
+        asyncio.run(run(engine, "Q: x", SamplingParams(max_tokens=2, logit_bias=((10**9, 1.0),))))
+    assert error.value.param == "logit_bias"
+    # a +100 bias on one token makes greedy decoding pick it every step
+    eos = sorted(engine.eos_ids)
+    token = next(t for t in range(len(engine.tokenizer)) if t not in eos and t > 2)
+    forced = SamplingParams(max_tokens=3, temperature=0, logit_bias=((token, 100.0),))
+    texts, _, usage = asyncio.run(run(engine, "Q: sort", forced))
+    assert texts[0] == engine.tokenizer.decode([token] * 3, skip_special_tokens=True)
+
+
+def test_huge_text_prompt_is_refused_before_tokenizing(engine):
+    with pytest.raises(InvalidRequest) as error:
+        asyncio.run(run(engine, "x" * 900_000, SamplingParams(max_tokens=2)))
+    assert error.value.param == "prompt" and "characters" in error.value.message
+
+
+def test_full_queue_sheds_with_overloaded_and_recovers(good_model_dir):
+    limits = AdmissionLimits(max_queued_requests=2)
+    small = BatchingEngine(good_model_dir, "tiny", BatchConfig(max_batch_size=1, admission=limits))
+    small.start()
+    try:
+
+        async def burst():
+            params = SamplingParams(max_tokens=8, temperature=0)
+            calls = [run(small, "Q: sort", params) for _ in range(12)]
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+        results = asyncio.run(burst())
+        shed = [r for r in results if isinstance(r, Overloaded)]
+        served = [r for r in results if not isinstance(r, BaseException)]
+        assert shed and served and len(shed) + len(served) == 12
+        assert all(e.retry_after_s >= 1 for e in shed)
+        assert small.admission.queued_requests == 0  # every place was given back
+        assert asyncio.run(run(small, "Q: sort", SamplingParams(max_tokens=2)))[2]
+    finally:
+        small.stop()
+
+
+def test_queue_is_bounded_by_the_wait_it_adds():
+    limits = AdmissionLimits(max_queue_wait_s=1.5)
+    admission = Admission(
+        limits,
+        max_model_len=64,
+        max_batch_size=2,
+        vocab_size=10,
+        max_chars_per_token=4,
+        tokenize=lambda text: [1] * len(text),
+    )
+    admission.note_batch(1.0)
+    tickets = [admission.admit(4) for _ in range(4)]  # two full batches ahead: 2 s of wait
+    with pytest.raises(Overloaded) as shed:
+        admission.check_room()
+    assert shed.value.retry_after_s == 2.0
+    admission.release(tickets[0])
+    admission.release(tickets[0])  # released once only
+    admission.check_room()  # one full batch ahead: 1 s, under the limit
+    assert admission.queued_requests == 3

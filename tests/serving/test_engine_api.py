@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from serving.engine.app import create_app
 from serving.engine.chat_template import render_chat
 from serving.engine.protocol import ChoiceDelta, EngineLoad, SamplingParams, Usage
-from serving.errors import InvalidRequest
+from serving.errors import InvalidRequest, Overloaded
 
 
 class ScriptedEngine:
@@ -34,6 +34,8 @@ class ScriptedEngine:
     async def generate(self, prompt: str, params: SamplingParams) -> AsyncIterator:
         if prompt == "too long":
             raise InvalidRequest("prompt too long", "prompt")
+        if prompt == "busy":
+            raise Overloaded("queue full", retry_after_s=2.5)
         self.prompts.append(prompt)
         self.params.append(params)
         for i in range(params.n):
@@ -136,3 +138,33 @@ def test_metrics_expose_engine_load(http):
 def test_chat_template_is_deterministic():
     assert render_chat([("user", "Q: sort 3 1 A:")]) == "Q: sort 3 1 A:"
     assert render_chat([("system", "s"), ("user", "u")]) == "system: s\nuser: u\nassistant:"
+
+
+def test_overload_is_a_429_with_retry_after_in_the_openai_shape(http):
+    r = http.post("/v1/completions", json={"model": "scripted", "prompt": "busy"})
+    assert r.status_code == 429 and r.headers["retry-after"] == "3"
+    assert r.json()["error"]["type"] == "rate_limit_error"
+
+
+def test_health_is_liveness_and_ready_is_readiness(http, engine):
+    engine.accepting = lambda: False  # alive, but its queue is full
+    assert http.get("/health").status_code == 200
+    assert http.get("/ready").status_code == 503
+    engine.accepting = lambda: True
+    assert http.get("/ready").status_code == 200
+
+
+def test_chat_content_parts_are_joined(http, engine):
+    parts = [{"type": "text", "text": "Q: a"}, {"type": "text", "text": " A:"}]
+    r = http.post(
+        "/v1/chat/completions",
+        json={"model": "scripted", "messages": [{"role": "user", "content": parts}]},
+    )
+    assert r.status_code == 200 and engine.prompts[-1] == "Q: a A:"
+
+
+def test_front_door_sheds_beyond_its_in_flight_limit(engine):
+    full = TestClient(create_app(engine, max_in_flight=0))
+    r = full.post("/v1/completions", json={"model": "scripted", "prompt": "hi"})
+    assert r.status_code == 429 and r.headers["retry-after"] == "1"
+    assert full.get("/health").status_code == 200  # liveness is never shed

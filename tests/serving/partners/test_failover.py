@@ -280,6 +280,61 @@ def test_streams_cut_before_the_first_token_retry_and_after_it_error(stack):
         stack.admin.put_fallback_route("auto-cut", ["sovereign-lm"])
 
 
+def test_a_partner_that_keeps_answering_429_is_spared_live_traffic(stack, wait_until):
+    """429 with Retry-After 2 on every request for 10 s: at most one live request per client
+    thread reaches it (those sent before the first 429 came back; probes find out after that), it is marked degraded (rate limited) for the
+    sensor, nothing fails for the client, and live traffic returns once probes succeed."""
+    import time
+
+    gpt = stack.partners["gpt"]
+    stack.admin.put_fallback_route("auto-rl", ["gpt", "sovereign-lm"])
+    answers: list[str] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def ask() -> None:
+        client = stack.client()
+        messages = [{"role": "user", "content": "hi"}]
+        while not stop.is_set():
+            try:
+                answer = client.chat.completions.create(
+                    model="auto-rl", messages=messages, max_tokens=4
+                )
+                answers.append(source(answer.choices[0].message.content or ""))
+            except Exception as exc:  # every failure is what the test counts
+                failures.append(repr(exc))
+
+    def gpt_stats():
+        return stack.admin.backend_stats("auto-rl").get("gpt")
+
+    threads = [threading.Thread(target=ask) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_until(lambda: answers.count("partner:gpt") >= 3, "gpt to answer", 40)
+        gpt.set_mode("rate_limit", retry_after_s=2)
+        before = gpt_stats().requests  # attempts from here on were sent into the 429s
+        time.sleep(10.0)
+        live_after = gpt_stats().requests - before
+        partner = stack.health()["gpt"]
+        gpt.set_mode("ok")
+        assert live_after <= len(threads), live_after
+        reasons = [t["reason"] for t in partner["transitions"] if t["to"] == "degraded"]
+        assert any(r.startswith("rate limited") for r in reasons), partner["transitions"]
+        mark = len(answers)
+        # the dwell before recovery doubles on each relapse (earlier tests made some): <= 120 s
+        wait_until(lambda: stack.health()["gpt"]["state"] == "healthy", "gpt to recover", 150)
+        wait_until(lambda: answers[mark:].count("partner:gpt") >= 3, "gpt answering again", 40)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+        gpt.set_mode("ok")
+        stack.admin.put_fallback_route("auto-rl", ["sovereign-lm"])
+    assert failures == []
+    assert "sovereign" in answers  # served meanwhile by the sovereign model
+
+
 def test_restart_keeps_partners_fallback_routes_and_pins(stack, helpers):
     stack.admin.pin("auto", "sovereign-lm", "failover drill")
     before = stack.admin.partners()

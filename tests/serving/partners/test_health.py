@@ -2,7 +2,9 @@
 
 Health: a pattern of failures degrades, one error does not; consecutive failures open the
 breaker and mark the partner down; recovery needs consecutive successes *and* a dwell time;
-a 429's Retry-After (seconds or HTTP date) stops all traffic until it passes; the
+a 429's Retry-After (seconds or HTTP date) stops all traffic until it passes, live traffic
+then waits for a successful probe, and consecutive 429s back off beyond Retry-After and mark
+the partner degraded (rate limited) until probes succeed; the
 time-to-first-token deadline follows the observed latency; every transition keeps its
 reason. Table: fallback routes end in a local route, pins keep the rest of the order, names
 do not collide, partners in use cannot be removed. Config: errors name file and field.
@@ -142,11 +144,50 @@ def test_retry_after_blocks_all_traffic_until_it_passes(clock):
     assert h.status()["retry_after_until"] == clock.now + 3.0
     assert h.breaker.state.name == "CLOSED"  # busy, not broken
     clock.now += 3.0
-    assert h.available() and h.status()["retry_after_until"] is None
+    assert h.status()["retry_after_until"] is None
+    assert not h.available() and h.probe_due(0.5)  # a probe goes first, then live traffic
+    h.success(None, probe=True)
+    assert h.available()
     assert parse_retry_after("7", 0.0) == 7.0
     date = email.utils.formatdate(1_000_060.0, usegmt=True)
     assert parse_retry_after(date, 1_000_000.0) == 60.0
     assert parse_retry_after("soon", 0.0) is None and parse_retry_after(None, 0.0) is None
+
+
+def test_consecutive_429s_back_off_and_degrade_until_probes_succeed(clock):
+    h = health(clock)
+    h.rate_limited(2.0)
+    assert h.state is PartnerState.HEALTHY and not h.available()  # one 429: wait, no verdict
+    clock.now += 2.0
+    assert h.probe_due(0.5)
+    h.rate_limited(2.0, probe=True)  # still refusing
+    assert h.state is PartnerState.DEGRADED and h.reason.startswith("rate limited: 2 consecutive")
+    assert h.status()["retry_after_until"] == clock.now + 4.0  # backed off beyond Retry-After
+    clock.now += 4.0
+    assert not h.available() and h.probe_due(0.5)
+    h.rate_limited(2.0, probe=True)
+    assert h.status()["retry_after_until"] == clock.now + 8.0
+    assert h.breaker.state.name == "CLOSED"  # busy, not broken
+    clock.now += 8.0
+    for _ in range(POLICY.recover_successes):
+        assert not h.available()
+        h.success(None, probe=True)
+        clock.now += 2.0
+    h.evaluate()
+    assert h.state is PartnerState.HEALTHY and h.available()
+    h.rate_limited(2.0)
+    clock.now += 2.0
+    h.success(None, probe=True)  # a lone 429 then a success: the streak starts over
+    assert h.consecutive_429 == 0 and h.state is PartnerState.HEALTHY
+
+
+def test_without_probes_a_rate_limited_partner_gets_one_live_trial(clock):
+    h = health(clock, probes=False)
+    h.rate_limited(1.0)
+    clock.now += 1.0
+    assert h.available() and not h.available()  # one trial per cooldown
+    h.success(0.1)
+    assert h.available()
 
 
 def test_first_token_deadline_follows_latency(clock):
