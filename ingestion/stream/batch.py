@@ -9,7 +9,9 @@ suite. In the lake a streamed row names its source as ``source_file = source_fin
 position that stays the same when the message is delivered again.
 
 A message whose *decoding raises* (not a refusal: an unexpected error) is set aside as
-failed; the committer retries it later or, on its last allowed delivery, dead-letters it.
+failed; the committer retries it later or, on its last allowed delivery, dead-letters it
+(``failure_reason``). One delivered beyond the limit, because the consumer never finished
+with it, is dead-lettered without decoding (``unfinished_reason``).
 """
 
 from __future__ import annotations
@@ -173,17 +175,32 @@ def build_batch(
     return BatchTables(corpus, quarantine, digests, read, n, duplicates, len(refused), failed)
 
 
+def failure_reason(delivery: Delivery, error: str) -> str:
+    """Why a message whose processing raised on each delivery was given up on."""
+    return (
+        f"processing the message failed on each of its {delivery.attempt} deliveries "
+        f"(last error: {error}); it is in the dead-letter stream: fix the consumer or "
+        "the record and publish it again"
+    )
+
+
+def unfinished_reason(delivery: Delivery) -> str:
+    """Why a message that never got through processing at all was given up on."""
+    return (
+        f"the consumer died or stalled while processing the message on each of its "
+        f"{delivery.attempt - 1} deliveries (killed, out of memory or past the ack wait, "
+        "with this message in its batch, the last time alone); it was not processed again "
+        "and is in the dead-letter stream: find why the consumer dies on it, then publish "
+        "it again"
+    )
+
+
 def dead_letter_rows(
-    failed: list[tuple[Delivery, str]], rules: BatchRules, run_id: str, now: datetime
+    given_up: list[tuple[Delivery, str]], rules: BatchRules, run_id: str, now: datetime
 ) -> pa.Table:
-    """Quarantine rows for messages given up on, with the last error as the reason."""
+    """Quarantine rows for messages given up on, each with its reason."""
     refused = Refusals()
-    for delivery, error in failed:
-        reason = (
-            f"processing the message failed on each of its {delivery.attempt} deliveries "
-            f"(last error: {error}); it is in the dead-letter stream: fix the consumer or "
-            "the record and publish it again"
-        )
+    for delivery, reason in given_up:
         refused.add(
             delivery.sequence,
             ReasonCode.DEAD_LETTERED,

@@ -14,6 +14,14 @@ ledger row last; only then ack. Consequences:
 - A message whose decoding raises is left out of the batch and redelivered later with a
   growing delay; on its last allowed delivery it is dead-lettered instead, and a quarantine
   row with the error is committed with the batch. It never blocks the messages behind it.
+- A message that kills the consumer itself (a crash, an out-of-memory kill, a hang past the
+  ack wait) is never settled, so it comes back with a growing delivery count. Redelivered
+  messages are taken in ever smaller batches (``suspect_batch_size``): by its last allowed
+  delivery such a message is processed alone, so only it can exhaust the limit, and one that
+  arrives beyond the limit is dead-lettered and quarantined before anything touches its bytes.
+  Counting deliveries works however the process died, with no listener that must be up at the
+  right moment (the broker's MAX_DELIVERIES advisory is a plain event, lost when no consumer
+  is running, which is exactly the case here).
 """
 
 from __future__ import annotations
@@ -31,7 +39,14 @@ import pyarrow as pa
 from ingestion import lake
 from ingestion.parse import parse_json_line
 from ingestion.stream import ledger
-from ingestion.stream.batch import BatchRules, Decoder, build_batch, dead_letter_rows
+from ingestion.stream.batch import (
+    BatchRules,
+    Decoder,
+    build_batch,
+    dead_letter_rows,
+    failure_reason,
+    unfinished_reason,
+)
 from ingestion.stream.jetstream import MAX_ACK_PENDING
 from ingestion.stream.metrics import StreamMetrics
 from ingestion.stream.source import Delivery, StreamSource
@@ -77,6 +92,19 @@ class CommitReport:
     retried: int
     corpus_version: int | None
     lake_attempts: int
+
+
+def suspect_batch_size(attempt: int, max_deliver: int, max_messages: int) -> int:
+    """How many messages to take in a batch that starts with a delivery on its ``attempt``-th
+    delivery. A redelivered message may be one that killed the consumer, and a crash bumps
+    the delivery count of every message fetched with it: the batch shrinks fourfold with each
+    redelivery and holds one message from the last allowed delivery on, so an innocent
+    neighbour is never taken along to the limit."""
+    if attempt <= 1:
+        return max_messages
+    if attempt >= max_deliver:
+        return 1
+    return max(1, max_messages // 4 ** (attempt - 1))
 
 
 class MicroBatchCommitter:
@@ -147,12 +175,19 @@ class MicroBatchCommitter:
     async def _collect(self) -> list[Delivery]:
         config, got = self.config, []
         deadline = time.monotonic() + config.max_wait_s
-        while len(got) < config.max_messages:
+        limit = config.max_messages
+        while len(got) < limit:
             left = deadline - time.monotonic()
             if left <= 0.01:
                 break
             try:
-                got += await self.source.fetch(config.max_messages - len(got), left)
+                # the first message alone: if it is a redelivery, the batch is kept small
+                # (see ``suspect_batch_size``) before more messages are taken along with it
+                got += await self.source.fetch(limit - len(got) if got else 1, left)
+                if got and len(got) == 1:
+                    limit = suspect_batch_size(
+                        got[0].attempt, self.source.max_deliver, config.max_messages
+                    )
             except Exception as exc:  # broker unreachable or restarting: wait it out
                 log.warning("fetching from %s failed (%s); retrying", self.source.name, exc)
                 await asyncio.sleep(min(left, 0.5))
@@ -199,12 +234,25 @@ class MicroBatchCommitter:
         ids, suite = self._known_ids(), self._corpus_suite()
         sequences = [d.sequence for d in deliveries]
         already = ledger.quarantined_sequences(self.quarantine_path, self.source.name, sequences)
+        limit = self.source.max_deliver
+        # beyond the limit: every earlier delivery ended without a settlement (the consumer
+        # died or stalled on it), so its bytes are not decoded again
+        exhausted = [d for d in deliveries if d.attempt > limit]
         tables = build_batch(
-            deliveries, self.rules, ids, suite, self.run_id, now, already, self.decoder
+            [d for d in deliveries if d.attempt <= limit],
+            self.rules,
+            ids,
+            suite,
+            self.run_id,
+            now,
+            already,
+            self.decoder,
         )
-        last = [(d, e) for d, e in tables.failed if d.attempt >= self.source.max_deliver]
+        last = [(d, failure_reason(d, e)) for d, e in tables.failed if d.attempt >= limit]
+        last += [(d, unfinished_reason(d)) for d in exhausted]
+        tables.failed += [(d, reason) for d, reason in last if d.attempt > limit]
         given_up = dead_letter_rows(
-            [(d, e) for d, e in last if d.sequence not in already], self.rules, self.run_id, now
+            [(d, r) for d, r in last if d.sequence not in already], self.rules, self.run_id, now
         )
         quarantine = pa.concat_tables([tables.quarantine, given_up])
         corpus_version = lake.table_version(self.corpus_path)
@@ -242,7 +290,7 @@ class MicroBatchCommitter:
 
     async def _settle(self, deliveries, tables, corpus_version, attempts) -> CommitReport:
         """After the commit: dead-letter, schedule redelivery, acknowledge the rest."""
-        failed = {d.sequence: (d, e) for d, e in tables.failed}
+        failed = {d.sequence: (d, e) for d, e in tables.failed}  # exhausted ones included
         dead = retried = 0
         for delivery, error in failed.values():
             try:

@@ -10,13 +10,15 @@ down), the consumer's pending count is the lag with no extra bookkeeping, and th
 publisher's ``Nats-Msg-Id`` gives de-duplicated publishing. A quorum queue deletes a message
 once acked, has no sequence and no replay, and pushes to consumers up to a prefetch count.
 
-The broker's own delivery limit (``max_deliver``) is set on the consumer, and the committer
-dead-letters a message itself on its last allowed delivery when processing it fails: it
-republishes the bytes to the dead-letter stream with the reason in headers, waits for the
-stream's acknowledgement, then terminates the original. Republishing ourselves rather than
-reacting to the server's MAX_DELIVERIES advisory because the advisory is a plain NATS event
-(lost if no one listens at that instant), carries no reason, and would leave us to read the
-message back from the stream by sequence.
+The committer dead-letters a message itself: on its last allowed delivery when processing it
+raises, or on the delivery after that when the consumer never finished with it (it died on
+it each time): it republishes the bytes to the dead-letter stream with the reason in headers,
+waits for the stream's acknowledgement, then terminates the original. The broker's own
+delivery limit on the consumer is ``max_deliver + 2``, so that the delivery past the limit
+happens, plus one spare should the consumer die while dead-lettering. Republishing ourselves
+rather than reacting to the server's MAX_DELIVERIES advisory because the advisory is a plain
+NATS event (lost if no one listens at that instant, and a consumer that dies on a message is
+not listening), carries no reason, and would leave us to read the message back by sequence.
 """
 
 from __future__ import annotations
@@ -119,9 +121,10 @@ async def ensure_streams(nc: Client, config: JetStreamConfig, consumer: bool = T
                 durable_name=config.durable,
                 ack_policy=api.AckPolicy.EXPLICIT,
                 deliver_policy=api.DeliverPolicy.ALL,
-                # one spare delivery: if the consumer dies while dead-lettering a message on
-                # its last allowed delivery, the message comes back once more to finish that
-                max_deliver=config.max_deliver + 1,
+                # one delivery past the limit, for a message the consumer died on each time
+                # (dead-lettered unread), and one spare: if the consumer dies while
+                # dead-lettering, the message comes back once more to finish that
+                max_deliver=config.max_deliver + 2,
                 ack_wait=config.ack_wait_s,
                 filter_subject=config.subject,
                 max_ack_pending=MAX_ACK_PENDING,

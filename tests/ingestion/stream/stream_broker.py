@@ -127,10 +127,16 @@ def start_nats(timeout_s: float = 30.0) -> None:
 
 
 def start_consumer(
-    config: JetStreamConfig, home: Path, log: Path, *extra: str, max_deliver: int | None = None
+    config: JetStreamConfig,
+    home: Path,
+    log: Path,
+    *extra: str,
+    max_deliver: int | None = None,
+    program: tuple[str, ...] = ("-m", "ingestion"),
 ) -> subprocess.Popen:
+    """The consumer as a user starts it; ``program`` replaces ``-m ingestion`` (a wrapper)."""
     args = [
-        sys.executable, "-m", "ingestion", "consume", "--home", str(home),
+        sys.executable, *program, "consume", "--home", str(home),
         "--stream", config.stream, "--subject", config.subject, "--durable", config.durable,
         "--dead-letter-stream", config.dead_letter_stream,
         "--dead-letter-subject", config.dead_letter_subject,
