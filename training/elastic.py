@@ -20,13 +20,31 @@ import json
 import os
 import time
 from collections import defaultdict
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
+
+import torch.distributed as dist
 
 from training.sampling import Slice
 
 ATTEMPTS = "attempts.jsonl"
 SAMPLES = "samples"
+
+#: Bound of the phases where every rank waits for rank 0 alone (preparing the run:
+#: tokenizer training, data checks; exporting the model). They take far longer than a
+#: training collective, whose timeout is kept short so a silent host is noticed quickly.
+RANK0_PHASE_TIMEOUT = timedelta(minutes=30)
+
+
+def wait_for_rank0(world_size: int) -> None:
+    """Block until rank 0 reaches the same call, for at most ``RANK0_PHASE_TIMEOUT``."""
+    if world_size == 1:
+        return
+    if dist.get_backend() == "gloo":
+        dist.monitored_barrier(timeout=RANK0_PHASE_TIMEOUT)
+    else:  # NCCL has no per-call timeout; its process-group timeout applies
+        dist.barrier()
 
 
 def next_attempt(output: Path) -> int:

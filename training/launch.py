@@ -57,7 +57,8 @@ class ElasticLaunch:
         if not host or not port.isdigit():
             raise ValueError(f"rendezvous endpoint {self.endpoint!r} must be HOST:PORT")
 
-    def rdzv_conf(self, is_store_host: bool) -> str:
+    def rdzv_conf(self, is_store_host: bool | None = None) -> str:
+        """``--rdzv-conf``; ``is_store_host=None`` lets torch decide from the hostname."""
         conf = {
             "join_timeout": self.join_timeout_s,
             "last_call_timeout": self.last_call_s,
@@ -66,10 +67,10 @@ class ElasticLaunch:
             "keep_alive_max_attempt": self.keep_alive_attempts,
             "read_timeout": self.read_timeout_s,
         }
-        if self.backend == "c10d":
-            conf["is_host"] = str(is_store_host).lower()
-        else:
+        if self.backend == "etcd-v2":
             conf["protocol"] = "http"
+        elif is_store_host is not None:
+            conf["is_host"] = str(is_store_host).lower()
         conf.update(self.extra_rdzv_conf)
         return ",".join(f"{k}={v}" for k, v in conf.items())
 
