@@ -30,4 +30,5 @@ lint: setup
 
 test: lint
 	@bash scripts/ensure_chromium.sh
+	@bash scripts/ensure_etcd.sh
 	$(BIN)/python -m pytest

@@ -37,14 +37,20 @@ SAMPLES = "samples"
 RANK0_PHASE_TIMEOUT = timedelta(minutes=30)
 
 
-def wait_for_rank0(world_size: int) -> None:
-    """Block until rank 0 reaches the same call, for at most ``RANK0_PHASE_TIMEOUT``."""
+def wait_for_rank0(rank: int, world_size: int, phase: str) -> None:
+    """Block until rank 0 finished ``phase``, for at most ``RANK0_PHASE_TIMEOUT``.
+
+    A key in the process group's store, not a collective: gloo applies the group's
+    (short) timeout to every send and receive, a barrier and ``monitored_barrier`` included.
+    """
     if world_size == 1:
         return
-    if dist.get_backend() == "gloo":
-        dist.monitored_barrier(timeout=RANK0_PHASE_TIMEOUT)
-    else:  # NCCL has no per-call timeout; its process-group timeout applies
-        dist.barrier()
+    store = dist.distributed_c10d._get_default_store()
+    key = f"sovereign/rank0-finished/{phase}"
+    if rank == 0:
+        store.set(key, b"1")
+    else:
+        store.wait([key], RANK0_PHASE_TIMEOUT)
 
 
 def next_attempt(output: Path) -> int:
@@ -78,12 +84,13 @@ class SampleLog:
     def __init__(self, output: Path, attempt: int, rank: int, world_size: int) -> None:
         folder = output / SAMPLES
         folder.mkdir(parents=True, exist_ok=True)
-        self.rank, self.world_size = rank, world_size
+        self.attempt, self.rank, self.world_size = attempt, rank, world_size
         self._file = (folder / f"attempt{attempt:04d}-rank{rank}.jsonl").open("a", encoding="utf-8")
 
     def record(self, step: int, s: Slice) -> None:
         line = {
             "step": step,
+            "attempt": self.attempt,
             "epoch": s.epoch,
             "start": s.start,
             "size": s.size,

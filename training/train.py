@@ -80,7 +80,7 @@ def decide(d: Dist, fn) -> Any:
         except (TrainingInputError, IncompatibleCheckpointError) as exc:
             payload = [("error", str(exc), exc.exit_code)]
     if d.world_size > 1:
-        elastic.wait_for_rank0(d.world_size)
+        elastic.wait_for_rank0(d.rank, d.world_size, "prepare")
         dist.broadcast_object_list(payload, src=0)
     if payload[0][0] == "error":
         raise PeerError(payload[0][1], payload[0][2])
@@ -337,7 +337,7 @@ class Trainer:
                 "model written to %s (final loss %.4f)", self.out / "model", summary["final_loss"]
             )
             tracker.finish(summary)
-        elastic.wait_for_rank0(d.world_size)
+        elastic.wait_for_rank0(d.rank, d.world_size, "export")
         return summary
 
 
