@@ -234,6 +234,8 @@ class Trainer:
                 "world_size": d.world_size,
             }
         )
+        # Opening MLflow (its database migrations) can outlast a collective's timeout.
+        elastic.wait_for_rank0(d.rank, d.world_size, "tracking")
         tokens_per_step = d.world_size * cfg.data.batch_size * cfg.data.seq_len
         meter = Meter(model, d.device, cfg.data.seq_len, tokens_per_step)
         start_step, loss = state["step"], torch.tensor(float("nan"))

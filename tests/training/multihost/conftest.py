@@ -87,7 +87,7 @@ class Job:
         """Run Debian's etcd (v2 API on, as torch's etcd-v2 rendezvous needs) on host ``i``."""
         etcd = shutil.which("etcd")
         if etcd is None:
-            pytest.fail("etcd is not installed: run scripts/ensure_etcd.sh (Debian etcd-server)")
+            pytest.fail("etcd not found: run `sudo bash scripts/ensure_etcd.sh` first")
         addr = self.net.hosts[i].address
         data = self.out.parent / "etcd"
         log = (self.out.parent / "etcd.log").open("ab")
@@ -188,7 +188,8 @@ def cluster(tmp_path, corpus, tiny_config, tr):
             torchrun=TORCHRUN,
             run_id=f"test-{tmp_path.name}"[:60],
             join_timeout_s=60,
-            collective_timeout_s=10,
+            # Short enough to notice a partition quickly, long enough for a loaded CI host.
+            collective_timeout_s=20,
         )
         job = Job(
             net=net,

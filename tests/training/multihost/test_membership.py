@@ -20,24 +20,25 @@ from accounting import assert_exact_accounting, summary
 
 
 def test_host_joining_mid_run_grows_the_group(cluster):
-    job = cluster(2, steps=40, every=5)
+    # Long enough that the second agent has started (seconds under load) before the end.
+    job = cluster(2, steps=150, every=5)
     job.start(0)
     job.wait_for_step(10)
     job.start(1)
     assert job.wait([0, 1], timeout=300) == {0: 0, 1: 0}, job.logs()
     s = summary(job.out)
     assert s["world_sizes"][0] == 1 and s["world_sizes"][-1] == 2, s["attempts"]
-    assert s["steps"] == 40
-    assert_exact_accounting(job.out, steps=40)
+    assert s["steps"] == 150
+    assert_exact_accounting(job.out, steps=150)
 
 
 def test_partitioned_host_is_noticed_by_timeout_and_the_job_completes(cluster):
-    job = cluster(2, steps=40, every=5, collective_timeout_s=8)
+    job = cluster(2, steps=40, every=5)
     job.start_all()
     job.wait_for_step(10)
     job.net.cut(1)
     cut_at = time.time()
-    time.sleep(8 + 6)  # longer than the collective timeout
+    time.sleep(job.launch.collective_timeout_s + 6)  # longer than the collective timeout
     job.net.restore(1)
     codes = job.wait([0, 1], timeout=300)
     assert codes[0] == 0, job.logs()
