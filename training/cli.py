@@ -35,9 +35,6 @@ from training.config import ENGINES, load_config
 from training.errors import IncompatibleCheckpointError, TrainingInputError
 from training.train import Dist, PeerError, RunArgs, Trainer, env_dist
 
-#: Collectives wait at most this long (checkpoint writes and tokenizer training included).
-COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
-
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
@@ -52,6 +49,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", type=Path, default=None, help="JSON or YAML training config")
     p.add_argument(
         "--mlflow", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)"
+    )
+    p.add_argument(
+        "--collective-timeout-s",
+        type=float,
+        default=None,
+        help="fail a collective that waits longer than this (default 600; a partition "
+        "is noticed within it)",
     )
     return p.parse_args(argv)
 
@@ -100,12 +104,12 @@ def setup_logging(output: Path, d: Dist) -> None:
     root.addHandler(console)
 
 
-def init_process_group(d: Dist) -> None:
+def init_process_group(d: Dist, timeout_s: float) -> None:
     backend = "nccl" if d.device.type == "cuda" else "gloo"
     if "MASTER_ADDR" in os.environ:
         dist.init_process_group(
             backend,
-            timeout=COLLECTIVE_TIMEOUT,
+            timeout=datetime.timedelta(seconds=timeout_s),
             device_id=d.device if d.device.type == "cuda" else None,
         )
     else:  # a single process started without torchrun
@@ -125,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint_every=args.checkpoint_every,
             seed=args.seed,
             engine=args.engine,
+            collective_timeout_s=args.collective_timeout_s,
         )
     except ValueError as exc:
         if d.rank == 0:
@@ -144,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(
             max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
         )
-    init_process_group(d)
+    init_process_group(d, cfg.collective_timeout_s)
     try:
         Trainer(RunArgs(args.data, args.output, cfg, args.mlflow), d).run()
     except (TrainingInputError, IncompatibleCheckpointError, PeerError) as exc:

@@ -139,11 +139,22 @@ class TrainConfig:
     log_every: int = 10
     #: DeepSpeed JSON config; ``None`` uses the ZeRO-1 file shipped with the package.
     deepspeed_config: str | None = None
+    #: Longest wait of any collective (and of joining the process group) before the rank
+    #: fails and torchrun re-forms the group: how long a silent host (a partition) may stall
+    #: training. Checkpoint writes and tokenizer training happen between collectives, so
+    #: they must fit in it too.
+    collective_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         _check(self.max_steps > 0, "max_steps", self.max_steps, "must be a positive step count")
         _check(self.engine in ENGINES, "engine", self.engine, f"must be one of {ENGINES}")
         _check(self.log_every > 0, "log_every", self.log_every, "must be positive")
+        _check(
+            self.collective_timeout_s > 0,
+            "collective_timeout_s",
+            self.collective_timeout_s,
+            "must be a positive number of seconds",
+        )
         ck = self.checkpoint
         _check(ck.every > 0, "checkpoint.every", ck.every, "must be a positive step count")
         _check(ck.keep >= 1, "checkpoint.keep", ck.keep, "must keep at least one checkpoint")

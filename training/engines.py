@@ -40,7 +40,7 @@ class Engine(Protocol):
     #: True when every rank must take part in save/load (state is partitioned).
     collective_save: bool
 
-    def step(self, batch: torch.Tensor) -> torch.Tensor: ...
+    def step(self, batch: torch.Tensor, scale: float = 1.0) -> torch.Tensor: ...
     def lr(self) -> float: ...
     def snapshot(self, copy: bool) -> dict[str, Any]: ...
     def write_snapshot(self, snapshot: dict[str, Any], directory: Path) -> None: ...
@@ -108,11 +108,12 @@ class DDPEngine:
         )
         self.scheduler = LambdaLR(self.optimizer, lr_lambda(cfg))
 
-    def step(self, batch: torch.Tensor) -> torch.Tensor:
+    def step(self, batch: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """One optimiser step; ``scale`` weights this rank's loss when slices are unequal."""
         x = batch.to(self.device, non_blocking=True)
         with _autocast(self.device, self.cfg):
             loss = self.wrapped(input_ids=x, labels=x).loss
-        loss.backward()
+        (loss if scale == 1.0 else loss * scale).backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
@@ -202,10 +203,10 @@ class DeepSpeedEngine:
             lr_scheduler=lambda optimizer: LambdaLR(optimizer, lr_lambda(cfg)),
         )
 
-    def step(self, batch: torch.Tensor) -> torch.Tensor:
+    def step(self, batch: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         x = batch.to(self.device, non_blocking=True)
         loss = self.engine(input_ids=x, labels=x).loss
-        self.engine.backward(loss)
+        self.engine.backward(loss if scale == 1.0 else loss * scale)
         self.engine.step()
         return loss.detach()
 

@@ -175,6 +175,11 @@ class PipesTracker:
             "world_size",
             "engine",
             "restarts",
+            # Membership of an elastic job: the world size of each attempt, how often it
+            # changed and how many times the group re-formed after a failure or a join.
+            "world_sizes",
+            "world_size_changes",
+            "recoveries",
         )
         self.context.report_asset_materialization(
             metadata={k: summary[k] for k in keys if summary.get(k) is not None}

@@ -25,20 +25,14 @@ import torch
 import torch.distributed as dist
 
 from training import checkpoint as ck
+from training import elastic
 from training.config import TrainConfig
-from training.data import (
-    ResumableBatchSampler,
-    batches,
-    check_enough,
-    latest_version,
-    pack,
-    read_train_split,
-    reshard_position,
-)
+from training.data import latest_version, pack, read_train_split
 from training.engines import build_engine
 from training.errors import IncompatibleCheckpointError, TrainingInputError, diff_mapping
 from training.fsutil import fsync_tree, write_json_atomic
 from training.model import build_model, export_model, parameter_shapes
+from training.sampling import GlobalOffsetSampler, batch_of, check_enough
 from training.throughput import Meter
 from training.tokenizer import (
     encode_records,
@@ -86,6 +80,7 @@ def decide(d: Dist, fn) -> Any:
         except (TrainingInputError, IncompatibleCheckpointError) as exc:
             payload = [("error", str(exc), exc.exit_code)]
     if d.world_size > 1:
+        elastic.wait_for_rank0(d.rank, d.world_size, "prepare")
         dist.broadcast_object_list(payload, src=0)
     if payload[0][0] == "error":
         raise PeerError(payload[0][1], payload[0][2])
@@ -165,6 +160,20 @@ class Trainer:
                     "started_at": self.started,
                 },
             )
+        attempt = elastic.next_attempt(self.out)
+        elastic.record_attempt(
+            self.out,
+            {
+                "attempt": attempt,
+                "world_size": self.d.world_size,
+                "hosts": elastic.hosts_in_group(),
+                "num_blocks": int(blocks.shape[0]),
+                "restart": self.d.restart,
+                "resumed_from_step": found[1]["step"] if found else 0,
+                "checkpoint_world_size": found[1]["world_size"] if found else None,
+                "started_at": round(time.time(), 3),
+            },
+        )
         log.info(
             "data %s pinned at version %d: %d records, %d in the train split, %d blocks",
             self.args.data,
@@ -177,6 +186,7 @@ class Trainer:
             "version": version,
             "resume": str(found[0]) if found else None,
             "saved_world": found[1]["world_size"] if found else None,
+            "attempt": attempt,
         }
 
     def run(self) -> dict[str, Any]:
@@ -196,13 +206,13 @@ class Trainer:
             keep=cfg.checkpoint.keep,
             async_write=cfg.checkpoint.async_write,
         )
-        sampler = ResumableBatchSampler(
+        sampler = GlobalOffsetSampler(
             blocks.shape[0], cfg.data.batch_size, d.rank, d.world_size, cfg.seed
         )
         state: dict[str, Any] = {
             "step": 0,
             "epoch": 0,
-            "batch": 0,
+            "consumed": 0,  # blocks of the epoch's order already trained on, by any world size
             "tokens": 0,
             "wall_time_s": 0.0,
             "loss_history": [],
@@ -212,7 +222,8 @@ class Trainer:
         random.seed(cfg.seed * 7919 + d.rank + 1)
         if plan["resume"]:
             state = self._resume(Path(plan["resume"]), plan["saved_world"], engine, state)
-        sampler.set_position(state["epoch"], state["batch"])
+        sampler.set_position(state["epoch"], state["consumed"])
+        samples = elastic.SampleLog(self.out, plan["attempt"], d.rank, d.world_size)
         tracker = build_tracker(d.rank, self.args.mlflow, self.out)
         tracker.start(
             {
@@ -223,23 +234,26 @@ class Trainer:
                 "world_size": d.world_size,
             }
         )
+        # Opening MLflow (its database migrations) can outlast a collective's timeout.
+        elastic.wait_for_rank0(d.rank, d.world_size, "tracking")
         tokens_per_step = d.world_size * cfg.data.batch_size * cfg.data.seq_len
         meter = Meter(model, d.device, cfg.data.seq_len, tokens_per_step)
         start_step, loss = state["step"], torch.tensor(float("nan"))
         meter.start()
-        for epoch, index, batch in batches(blocks, sampler, cfg.seed):
+        for part in sampler:
             if state["step"] >= cfg.max_steps:
                 break
-            loss = engine.step(batch)
+            loss = engine.step(batch_of(blocks, part), part.scale)
             value = loss.item()
             meter.tick()
             state.update(
                 step=state["step"] + 1,
-                epoch=epoch,
-                batch=index + 1,
-                tokens=state["tokens"] + tokens_per_step,
+                epoch=part.epoch,
+                consumed=part.end,
+                tokens=state["tokens"] + part.size * cfg.data.seq_len,
             )
             step = state["step"]
+            samples.record(step, part)
             state["loss_history"].append([step, round(value, 6)])
             if step == start_step + 1:
                 log.info(
@@ -254,6 +268,7 @@ class Trainer:
                 state["wall_time_s"] = self._wall(state)
                 saver.save(step, engine, state)
         saver.wait()
+        samples.close()
         return self._finish(engine, tokenizer, state, loss, plan, meter, saver, tracker, start_step)
 
     def _wall(self, state: dict[str, Any]) -> float:
@@ -266,17 +281,19 @@ class Trainer:
         engine.load(path)
         saved = ck.load_trainer_state(path)
         self.wall_before = saved["wall_time_s"]
+        if "consumed" not in saved:  # written before positions were global offsets
+            saved["consumed"] = saved.pop("batch") * saved_world * bs
         if saved_world != d.world_size:
             log.warning(
-                "world size changed from %d to %d since %s: data resharded, per-rank RNG "
-                "streams reseeded; the result will not be bitwise equal to an "
-                "uninterrupted run",
+                "world size changed from %d to %d since %s: the remaining data of epoch %d "
+                "(from block %d of its order) is split over %d ranks, per-rank RNG streams "
+                "reseeded; the result will not be bitwise equal to an uninterrupted run",
                 saved_world,
                 d.world_size,
                 path,
-            )
-            saved["epoch"], saved["batch"] = reshard_position(
-                saved["epoch"], saved["batch"], saved_world, d.world_size, bs
+                saved["epoch"],
+                saved["consumed"],
+                d.world_size,
             )
         else:
             rng = ck.load_rng(path, d.rank)
@@ -309,6 +326,7 @@ class Trainer:
             "engine": cfg.engine,
             "restarts": d.restart,
             "resumed_from_step": start_step,
+            **elastic.membership(elastic.read_attempts(self.out)),
             "model_path": str(self.out / "model"),
             **meter.summary(),
             "checkpoint_blocked_s": [round(s, 6) for s in saver.blocked_s],
@@ -321,8 +339,7 @@ class Trainer:
                 "model written to %s (final loss %.4f)", self.out / "model", summary["final_loss"]
             )
             tracker.finish(summary)
-        if d.world_size > 1:
-            dist.barrier()
+        elastic.wait_for_rank0(d.rank, d.world_size, "export")
         return summary
 
 

@@ -1,4 +1,5 @@
-"""Contract: the cluster training launchers start the training CLI correctly.
+"""Contract: the cluster training launchers start the training CLI correctly, with the
+multi-host launcher's rendezvous and collective timeouts.
 
 Both launchers (the Kubeflow PyTorchJob and the plain Indexed Job + headless Service) run
 ``torchrun ... -m training`` with c10d rendezvous on port 29400, ``--max-restarts 3``, one
@@ -22,6 +23,7 @@ import pytest
 from torch.distributed.run import get_args_parser
 
 from training.config import load_config
+from training.launch import ElasticLaunch
 
 CONTRACT = ("--data", "--output", "--max-steps", "--checkpoint-every", "--seed")
 RDZV_PORT = 29400
@@ -139,3 +141,14 @@ def test_training_cli_accepts_the_flags(manifests, repo):
         (c,) = template["spec"]["containers"]
         for flag in _flags(_split(c["command"])[1]):
             assert flag in accepted, f"{name}: training CLI has no {flag}"
+
+
+def test_elastic_timeouts_match_the_multihost_launcher(launcher):
+    """The manifests bound every rendezvous wait and collective as ``ElasticLaunch`` does."""
+    _, template, _, _ = launcher
+    (c,) = template["spec"]["containers"]
+    parsed, args = _split(c["command"])
+    defaults = ElasticLaunch(endpoint=parsed.rdzv_endpoint, min_hosts=1, max_hosts=2)
+    assert parsed.rdzv_conf == defaults.rdzv_conf()
+    assert parsed.monitor_interval == defaults.monitor_interval_s
+    assert float(_flags(args)["--collective-timeout-s"]) == defaults.collective_timeout_s

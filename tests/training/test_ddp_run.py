@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ingestion.sample import generate_records
+from training.elastic import committed_steps
 
 SUMMARY_FIELDS = {
     "steps",
@@ -34,7 +35,10 @@ def test_two_process_ddp_run_trains_and_loss_falls(baseline):
     summary = baseline.summary()
     assert summary.keys() >= SUMMARY_FIELDS
     assert summary["steps"] == 60 and summary["world_size"] == 2 and summary["engine"] == "ddp"
-    assert summary["tokens"] == 60 * 2 * 8 * 32
+    # 16 blocks a step, except the epoch's tail (every block is trained on, none dropped).
+    sizes = [records[0]["size"] for records in committed_steps(baseline.output).values()]
+    assert len(sizes) == 60 and set(sizes[:33]) == {16} and 0 < sizes[33] < 16
+    assert summary["tokens"] == sum(sizes) * 32
     losses = [loss for _, loss in summary["loss_history"]]
     assert len(losses) == 60
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5

@@ -4,7 +4,9 @@ The asset is a thin launcher: ``training`` (the torchrun program) does the work 
 reports back through Dagster Pipes (progress lines as logs; model path, data version,
 steps, final loss, throughput and wall time as materialization metadata). The loss curve
 that rank 0 draws is added here, inline as a markdown image plus its path, so the Dagster
-UI shows it without the large image travelling through the Pipes channel. The output
+UI shows it without the large image travelling through the Pipes channel. With
+``hosts`` in the ``trainer`` resource it runs one torchrun agent per host
+(``training.multinode``) and reports the group's world sizes and recoveries. The output
 directory is ``$MLOPS_HOME/training/<run_id>/``, so a retry of the same run (the
 ``RetryPolicy`` below) resumes from that run's checkpoints instead of starting over,
 while a new run trains a new model. Safe to re-run: nothing outside that directory is
@@ -27,7 +29,7 @@ class TrainRunConfig(dg.Config):
     max_steps: int = 300
     """Optimiser steps of the run."""
     nproc: int = 2
-    """Processes (world size) torchrun starts on this host."""
+    """Processes torchrun starts on this host (on each host of a multi-host job)."""
     engine: Literal["ddp", "deepspeed"] = "ddp"
     seed: int = 0
     checkpoint_every: int = 50
@@ -58,7 +60,7 @@ def trained_model(
     """
     output = mlops.path("training", context.run_id)
     output.mkdir(parents=True, exist_ok=True)
-    command = trainer.command(
+    args = dict(
         data=mlops.lake() / "corpus",
         output=output,
         nproc=config.nproc,
@@ -72,6 +74,10 @@ def trained_model(
         # registry, so a model version links to the run that made it.
         mlflow_uri=RegistryConfig.resolve(mlops.root()).tracking_uri,
     )
+    if trainer.hosts:
+        command = trainer.multihost_command(run_id=context.run_id, **args)
+    else:
+        command = trainer.command(**args)
     context.log.info(f"launching: {' '.join(command)}")
     # Every trainer log line carries the run id (see observability.logs).
     result = (
