@@ -182,11 +182,16 @@ def test_a_request_whose_client_went_away_is_dropped_from_the_queue(good_model_d
     try:
 
         async def scenario():
-            long = asyncio.create_task(run(single, "Q: sort", SamplingParams(max_tokens=100)))
-            await asyncio.sleep(0.2)  # the long request holds the only batch slot
-            queued = asyncio.create_task(run(single, "Q: sort", SamplingParams(max_tokens=4)))
-            while single.admission.queued_requests < 1:
+            no_eos = tuple((t, -100.0) for t in sorted(single.eos_ids))  # runs all 100 steps
+            params = SamplingParams(max_tokens=100, temperature=0, logit_bias=no_eos)
+            long = asyncio.create_task(run(single, "Q: sort", params))
+            while single._running < 1:  # the long request holds the only batch slot
                 await asyncio.sleep(0.01)
+            queued = asyncio.create_task(run(single, "Q: sort", SamplingParams(max_tokens=4)))
+            deadline = time.monotonic() + 10
+            while single.admission.queued_requests < 1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert single.admission.queued_requests == 1 and not long.done()
             queued.cancel()  # what the HTTP layer does when the client disconnects
             await asyncio.sleep(0)
             freed = single.admission.queued_requests
