@@ -120,6 +120,7 @@ class BatchingEngine:
         self._rng = torch.Generator().manual_seed(0)
         self.batches_run = 0
         self.largest_batch = 0  # requests in the biggest batch so far; shows batching works
+        self.dropped = 0  # requests whose client went away before a batch took them
 
     def start(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -168,7 +169,11 @@ class BatchingEngine:
         return EngineLoad(
             running=self._running,
             waiting=self.admission.queued_requests if self._thread else 0,
-            extra={"batches_run": self.batches_run, "largest_batch": self.largest_batch},
+            extra={
+                "batches_run": self.batches_run,
+                "largest_batch": self.largest_batch,
+                "dropped": self.dropped,
+            },
         )
 
     def count_tokens(self, text: str) -> int:
@@ -231,7 +236,9 @@ class BatchingEngine:
                 rows += nxt.params.n
             for request in batch:
                 self.admission.release(request.ticket)
-            batch = [r for r in batch if not r.cancelled]  # clients gone while queued
+            live = [r for r in batch if not r.cancelled]  # clients gone while queued
+            self.dropped += len(batch) - len(live)
+            batch = live
             self._running = len(batch)
             self.batches_run += 1
             self.largest_batch = max(self.largest_batch, len(batch))

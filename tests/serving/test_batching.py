@@ -8,6 +8,7 @@ and ``logit_bias`` are checked against the vocabulary.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -173,3 +174,34 @@ def test_queue_is_bounded_by_the_wait_it_adds():
     admission.release(tickets[0])  # released once only
     admission.check_room()  # one full batch ahead: 1 s, under the limit
     assert admission.queued_requests == 3
+
+
+def test_a_request_whose_client_went_away_is_dropped_from_the_queue(good_model_dir):
+    single = BatchingEngine(good_model_dir, "tiny", BatchConfig(max_batch_size=1))
+    single.start()
+    try:
+
+        async def scenario():
+            no_eos = tuple((t, -100.0) for t in sorted(single.eos_ids))  # runs all 100 steps
+            params = SamplingParams(max_tokens=100, temperature=0, logit_bias=no_eos)
+            long = asyncio.create_task(run(single, "Q: sort", params))
+            while single._running < 1:  # the long request holds the only batch slot
+                await asyncio.sleep(0.01)
+            queued = asyncio.create_task(run(single, "Q: sort", SamplingParams(max_tokens=4)))
+            deadline = time.monotonic() + 10
+            while single.admission.queued_requests < 1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert single.admission.queued_requests == 1 and not long.done()
+            queued.cancel()  # what the HTTP layer does when the client disconnects
+            await asyncio.sleep(0)
+            freed = single.admission.queued_requests
+            await long
+            return freed
+
+        assert asyncio.run(scenario()) == 0  # its place in the queue was given back at once
+        deadline = time.monotonic() + 10
+        while single.dropped < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert single.dropped == 1  # the scheduler skipped it: no batch ran for it
+    finally:
+        single.stop()
