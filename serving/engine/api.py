@@ -49,6 +49,13 @@ class _Sampling(BaseModel):
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str]
+    echo: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+
+    @property
+    def scores_prompt_only(self) -> bool:
+        """``echo`` with ``max_tokens: 0``: the prompt's log-likelihood, no generation (as vLLM)."""
+        return self.echo and self.max_tokens == 0
 
     def prompt_text(self) -> str:
         if isinstance(self.prompt, str):
@@ -89,10 +96,19 @@ class UsageInfo(BaseModel):
         )
 
 
+class CompletionLogprobs(BaseModel):
+    """OpenAI's legacy completions logprobs; the first token has no context, so ``None``."""
+
+    text_offset: list[int]
+    token_logprobs: list[float | None]
+    tokens: list[str]
+    top_logprobs: list[dict[str, float] | None]
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
 
 
