@@ -103,7 +103,7 @@ def _engine(url: str) -> sa.Engine:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 def parse_time(text: str) -> dt.datetime:

@@ -206,6 +206,8 @@ class CanaryController:
     fleet: EngineFleet
     config: CanaryConfig = field(default_factory=CanaryConfig)
     clock: Callable[[], float] = time.monotonic
+    # the rollout in progress: ``promote`` reads its timeline as the evidence of the move
+    current: CanaryResult | None = field(default=None, init=False, repr=False)
 
     def run(
         self,
@@ -232,7 +234,7 @@ class CanaryController:
         if canary == stable:
             raise CanaryError(f"challenger {challenger_dir} is already the stable model")
         timeline: list[StepRecord] = []
-        result = CanaryResult("rolled_back", None, canary, stable, timeline)
+        result = self.current = CanaryResult("rolled_back", None, canary, stable, timeline)
 
         url = self.fleet.start(canary, challenger_dir)
         # model named explicitly: the probe route rewrites requests to the engine's name

@@ -30,6 +30,7 @@ import dagster as dg
 import httpx
 
 from evaluation.gate import GateConfig
+from orchestration.defs.registry.assets import history_table
 from orchestration.defs.registry.resources import MlflowResource
 from orchestration.jobs import ROLLOUT_TAGS
 from orchestration.resources import MlopsHome
@@ -184,6 +185,10 @@ def deployment(
 
     passed = challenger is None or meta["served_version"] == challenger
     context.log.info(f"deployment: {meta['decision']}: {meta['reason']}")
+    try:
+        meta["alias_history"] = history_table(client)
+    except RegistryError as exc:  # the moves are recorded; only this view of them failed
+        context.log.warning(f"alias history unavailable for the metadata: {exc}")
     return dg.MaterializeResult(
         metadata={**meta, "gateway_url": dg.MetadataValue.url(admin.url)},
         check_results=[
@@ -207,9 +212,16 @@ def _first_deployment(context, serving: ServingStack, client, challenger, home, 
     )
     engine_url = admin.state()["backends"][engine_name(model_dir)]["url"]
     accuracy = probe_accuracy(engine_url, probes.tasks, config.canary(serving))
-    change = promote(client, challenger, f"dagster:{context.run_id}")
-    context.log.info(change.message)
     reason = f"no champion yet: v{challenger} promoted directly (no stable model to canary against)"
+    change = promote(
+        client,
+        challenger,
+        f"dagster:{context.run_id}",
+        kind="first-deployment",
+        reason=reason,
+        evidence={"probes": {"tasks": len(probes.tasks), "exact_match": accuracy}},
+    )
+    context.log.info(change.message)
     meta = _metadata("promoted", reason, challenger, change.champion)
     # recorded, not gated: the evaluation gate judged this model, and there is no stable
     # model whose accuracy the served one could be compared with
@@ -236,10 +248,21 @@ def _canary(context, serving: ServingStack, client, challenger, champion, home: 
     fleet, paths = serving.fleet(home), serving.paths(home)
     canary = engine_name(challenger_dir)
     promote_errors: list[Exception] = []
+    controller = CanaryController(admin, fleet, canary_config)
 
     def promote_challenger() -> None:
+        steps = controller.current.timeline if controller.current else []
+        evidence = {"canary": {"decision": "passed", "steps": [_step_evidence(s) for s in steps]}}
         try:
-            context.log.info(promote(client, challenger, actor).message)
+            change = promote(
+                client,
+                challenger,
+                actor,
+                kind="canary-promotion",
+                reason=f"canary passed {len(steps)} steps against v{champion}",
+                evidence=evidence,
+            )
+            context.log.info(change.message)
         except Exception as exc:  # the controller rolls back; the asset fails afterwards
             promote_errors.append(exc)
             raise
@@ -250,9 +273,7 @@ def _canary(context, serving: ServingStack, client, challenger, champion, home: 
 
     RolloutRecord(challenger, canary, context.run_id, now()).save(paths)
     try:
-        result = CanaryController(admin, fleet, canary_config).run(
-            challenger_dir, probes, promote_challenger, on_rollback
-        )
+        result = controller.run(challenger_dir, probes, promote_challenger, on_rollback)
     except CanaryError as exc:  # another rollout owns the route: leave its canary alone
         raise dg.Failure(str(exc)) from exc
     except Exception as exc:
@@ -283,6 +304,20 @@ def _canary(context, serving: ServingStack, client, challenger, champion, home: 
         }
     )
     return admin, meta
+
+
+def _step_evidence(step) -> dict:
+    return {
+        "weight": step.weight,
+        "verdict": step.verdict,
+        "requests": step.evidence.get("requests"),
+        "user_requests": step.evidence.get("user_requests"),
+        "probe_requests": step.evidence.get("probe_requests"),
+        "error_rate": step.evidence.get("error_rate"),
+        "probe_accuracy": step.probe_accuracy,
+        "likelihood": step.likelihood.get("verdict"),
+        "nll_diff": step.likelihood.get("mean_diff"),
+    }
 
 
 def _interrupted(admin, fleet, client, challenger, canary, champion, exc) -> CanaryResult:
