@@ -7,16 +7,20 @@ Promotion of version B over champion A, under the registry lock (``locking.py``)
 2. re-read the aliases: if B already is champion, it is a retry: do nothing. If the
    champion is not the one B was evaluated against (``gate.champion_version``), refuse
    with ``PromotionConflictError``: B beat a model that no longer serves;
-3. record the intent (registered-model tag ``promotion.pending``) and B's promotion tags;
+3. record the intent (registered-model tag ``promotion.pending``), the move in the alias
+   history as pending (``history.py``) and B's promotion tags;
 4. ``previous-champion`` -> A, then ``champion`` -> B, then read back and verify;
-5. clear the intent.
+5. mark the history rows done, clear the intent.
 
 Every prefix of this sequence is a consistent registry: until step 4's second write the
 champion is still A (and after the first write ``previous-champion`` is A too, which is
 exactly what it will be). A crashed promotion is finished by running it again, or by
 ``recover``, which replays a pending intent. Rollback sets ``champion`` to
 ``previous-champion`` and leaves both pointing at the same version, so running it twice
-is a no-op; the reason is tagged on the version that was rolled back.
+is a no-op; the reason is tagged on the version that was rolled back. Every move (and the
+``challenger`` alias set at registration, :func:`set_challenger`) is appended to the alias
+history with its actor, kind, reason and evidence; each operation first settles history
+rows a crashed move left pending.
 
 Set ``MLOPS_REGISTRY_FAULT`` to a fault point name (``promote:after-previous-champion``,
 ``promote:after-champion``, ``rollback:after-tags``) to have the process SIGKILL itself
@@ -38,8 +42,9 @@ from registry.errors import (
     RegistryInconsistentError,
     RollbackUnavailableError,
 )
+from registry.history import AliasHistory, AliasMove, history_url
 from registry.locking import registry_lock
-from registry.versions import CHAMPION, PREVIOUS
+from registry.versions import CHALLENGER, CHAMPION, PREVIOUS
 
 PENDING_TAG = "promotion.pending"
 LAST_ROLLBACK_TAG = "rollback.last"
@@ -80,6 +85,23 @@ def _lock(client: RegistryClient):
     return registry_lock(cfg.lock_url, cfg.model_name, cfg.lock_timeout_s)
 
 
+def alias_history(client: RegistryClient) -> AliasHistory:
+    cfg = client.config
+    return AliasHistory(history_url(cfg.lock_url), cfg.model_name, client.call)
+
+
+def _gate_evidence(tags: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in tags.items() if k.startswith(("gate.", "eval."))}
+
+
+def settled_history(client: RegistryClient) -> AliasHistory:
+    """The alias history with any rows of a crashed move settled (takes the lock)."""
+    history = alias_history(client)
+    with _lock(client):
+        history.reconcile(client.aliases())
+    return history
+
+
 def _set_alias(client: RegistryClient, alias: str, version: str) -> None:
     name = client.config.model_name
     client.call(
@@ -112,11 +134,16 @@ def promote(
     actor: str,
     expected_champion: str | None | object = _UNSET,
     force: ForcedPromotion | None = None,
+    kind: str = "promotion",
+    reason: str = "",
+    evidence: dict | None = None,
 ) -> AliasChange:
     """Make ``version`` the champion; see the module docstring for the protocol.
 
     ``expected_champion`` defaults to the champion the version was evaluated against
     (its ``gate.champion_version`` tag); pass it explicitly only to override that.
+    ``kind``, ``reason`` and ``evidence`` (for example the canary's verdict) go to the
+    alias history, with the version's gate verdict added to the evidence.
     """
     version = str(version)
     name = client.config.model_name
@@ -135,8 +162,10 @@ def promote(
     if expected_champion is _UNSET:
         evaluated_against = tags.get("gate.champion_version", "none")
         expected_champion = None if evaluated_against == "none" else evaluated_against
+    history = alias_history(client)
     with _lock(client):
         aliases = client.aliases()
+        history.reconcile(aliases)
         current = aliases.get(CHAMPION)
         if current == version:
             intent = pending_promotion(client)
@@ -164,6 +193,18 @@ def promote(
             PENDING_TAG,
             json.dumps(intent),
         )
+        if force is not None:
+            kind, reason = "forced-promotion", force.reason
+        moves = [AliasMove(CHAMPION, current, version)]
+        if current is not None:
+            moves.insert(0, AliasMove(PREVIOUS, aliases.get(PREVIOUS), current))
+        move = history.begin(
+            moves,
+            actor,
+            kind,
+            reason or f"gate passed against {'v' + current if current else 'no champion'}",
+            {"gate": _gate_evidence(tags), **(evidence or {})},
+        )
         promotion_tags = {
             "promotion.promoted_by": actor,
             "promotion.promoted_at": intent["at"],
@@ -179,6 +220,7 @@ def promote(
         _set_alias(client, CHAMPION, version)
         _fault("promote:after-champion")
         aliases = _verify(client, version, current)
+        history.complete(move)
         client.call(
             "delete_registered_model_tag",
             client.mlflow.delete_registered_model_tag,
@@ -203,16 +245,28 @@ def recover(client: RegistryClient, actor: str) -> AliasChange | None:
         if intent["forced"]
         else None
     )
-    return promote(client, intent["to"], actor, expected_champion=intent["from"], force=force)
+    return promote(
+        client,
+        intent["to"],
+        actor,
+        expected_champion=intent["from"],
+        force=force,
+        kind="recover",
+        reason=f"finishing the promotion {intent['by']} began at {intent['at']}",
+    )
 
 
-def rollback(client: RegistryClient, reason: str, actor: str) -> AliasChange:
+def rollback(
+    client: RegistryClient, reason: str, actor: str, evidence: dict | None = None
+) -> AliasChange:
     """Point ``champion`` back at ``previous-champion``; a no-op when already there."""
     if not reason.strip():
         raise ValueError("rollback needs a non-empty reason")
     name = client.config.model_name
+    history = alias_history(client)
     with _lock(client):
         aliases = client.aliases()
+        history.reconcile(aliases)
         current, previous = aliases.get(CHAMPION), aliases.get(PREVIOUS)
         if previous is None:
             raise RollbackUnavailableError(
@@ -221,6 +275,9 @@ def rollback(client: RegistryClient, reason: str, actor: str) -> AliasChange:
             )
         if current == previous:
             return AliasChange(False, current, previous, f"v{current} already champion")
+        move = history.begin(
+            [AliasMove(CHAMPION, current, previous)], actor, "rollback", reason, evidence
+        )
         at = _now()
         tags = {
             "rollback.reason": reason,
@@ -241,4 +298,32 @@ def rollback(client: RegistryClient, reason: str, actor: str) -> AliasChange:
         _fault("rollback:after-tags")
         _set_alias(client, CHAMPION, previous)
         aliases = _verify(client, previous, previous)
+        history.complete(move)
     return AliasChange(True, previous, previous, f"rolled back from v{current} to v{previous}")
+
+
+def set_challenger(client: RegistryClient, version: str, actor: str, evidence: dict) -> bool:
+    """Point ``challenger`` at ``version`` (it passed the gate); ``False`` if it already was."""
+    name = client.config.model_name
+    history = alias_history(client)
+    with _lock(client):
+        aliases = client.aliases()
+        history.reconcile(aliases)
+        current = aliases.get(CHALLENGER)
+        if current == str(version):
+            return False
+        move = history.begin(
+            [AliasMove(CHALLENGER, current, str(version))],
+            actor,
+            "registration",
+            f"v{version} passed the evaluation gate",
+            evidence,
+        )
+        _set_alias(client, CHALLENGER, str(version))
+        if client.aliases().get(CHALLENGER) != str(version):
+            raise RegistryInconsistentError(
+                f"challenger of {name} does not read back as v{version}; a writer bypassed the "
+                "registry lock. Register the model again"
+            )
+        history.complete(move)
+    return True

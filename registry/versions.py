@@ -187,9 +187,14 @@ def _log_run(client: RegistryClient, model_dir: Path, report: EvaluationReport, 
 
 
 def register_version(
-    client: RegistryClient, model_dir: Path, report: EvaluationReport, lineage: Lineage
+    client: RegistryClient,
+    model_dir: Path,
+    report: EvaluationReport,
+    lineage: Lineage,
+    actor: str = "registry",
 ) -> RegisteredVersion:
-    """Register ``model_dir`` (evaluated in ``report``) and set ``challenger`` if it passed."""
+    """Register ``model_dir`` (evaluated in ``report``) and set ``challenger`` if it passed;
+    ``actor`` (who registers) goes to the alias history with that move."""
     model_dir = Path(model_dir)
     _ensure_registered_model(client)
     name = client.config.model_name
@@ -211,13 +216,9 @@ def register_version(
             "set_model_version_tag", client.mlflow.set_model_version_tag, name, version, key, value
         )
     if report.decision.passed:
-        client.call(
-            "set_registered_model_alias",
-            client.mlflow.set_registered_model_alias,
-            name,
-            CHALLENGER,
-            version,
-        )
+        from registry.promotion import set_challenger  # promotion.py imports this module
+
+        set_challenger(client, str(version), actor, {"gate": gate_tags(report)})
     return RegisteredVersion(
         version=str(version), run_id=run_id, created=created, gate_passed=report.decision.passed
     )

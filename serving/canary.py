@@ -9,10 +9,16 @@ then step the weight (default 10 -> 25 -> 50 -> 100). Each step holds for ``wind
 every ``poll_s`` :func:`check_canary_health` looks for a breach (canary breaker open, canary
 ``/health`` failing, canary error rate over the limit), and a breach rolls back at once. At
 the end of a window the step is analysed canary vs stable from the gateway's own metrics
-(per-backend error rate and p95 latency over the window) plus the probe set's exact-match
-accuracy. All steps pass -> ``promote()``, the canary becomes the stable backend and the old
-engine stops. Any failure -> weight 0, canary removed and stopped, reason returned. The
-timeline (weights, metrics per step, decision) comes back as data.
+(per-backend error rate and p95 latency over the window) plus the probes: exact-match
+accuracy on held-out tasks and, on any corpus, likelihood of held-out texts
+(``canary_evidence.py``). A step passes only on evidence: at least ``min_requests`` canary
+requests, from users or, when users are too few, from probes the controller sends through
+the gateway itself; with nothing to probe with, the step holds up to ``max_hold_s`` longer
+for user traffic. Still too little evidence -> decision ``inconclusive``: traffic goes back
+to stable, nothing is promoted, and the model is not blamed. All steps pass ->
+``promote()``, the canary becomes the stable backend and the old engine stops. Any failure
+-> weight 0, canary removed and stopped, reason returned. The timeline (weights, metrics,
+evidence and verdict per step, decision) comes back as data.
 
 Latency p95 is the upper bound of the histogram bucket holding it (no interpolation), so
 the latency rule has a slack term: with coarse buckets a pure ratio would flap.
@@ -29,6 +35,9 @@ from typing import Protocol
 
 import httpx
 
+from serving import canary_evidence as evidence
+from serving.canary_evidence import Inconclusive, Probe, ProbeSet, probe_route
+from serving.canary_steps import StepRunner
 from serving.engine_metrics import EngineMetricsError, read_engine_metrics
 from serving.gateway.client import BackendStats, GatewayAdmin
 from serving.stack import ROUTE, engine_name
@@ -49,12 +58,6 @@ class CanaryError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Probe:
-    prompt: str
-    expected: str
-
-
-@dataclass(frozen=True)
 class CanaryConfig:
     steps: tuple[float, ...] = (10.0, 25.0, 50.0, 100.0)
     window_s: float = 60.0
@@ -69,6 +72,11 @@ class CanaryConfig:
     max_engine_waiting: int = 256  # canary's own queue (vllm:num_requests_waiting) limit
     request_timeout_s: float = 30.0
     route: str = ROUTE
+    min_requests: int = 20  # canary requests (user + probe) a traffic step needs to pass
+    max_hold_s: float = 0.0  # with no probes: how much longer a step may wait for users
+    max_nll_increase: float = 0.1  # nats/token the canary may trail stable on held-out text
+    likelihood_confidence: float = 0.95  # one-sided, for the paired likelihood comparison
+    min_text_probes: int = 5  # fewer scored texts than this cannot decide on likelihood
 
     def __post_init__(self) -> None:
         if not self.steps or any(not 0 < w <= 100 for w in self.steps):
@@ -79,6 +87,16 @@ class CanaryConfig:
             raise ValueError(f"window_s and poll_s must be > 0, got {self.window_s}, {self.poll_s}")
         if not 0 <= self.max_error_rate <= 1:
             raise ValueError(f"max_error_rate must be in [0, 1], got {self.max_error_rate}")
+        if self.min_requests < 1:
+            raise ValueError(
+                f"min_requests must be >= 1 (a step never passes on zero evidence), got "
+                f"{self.min_requests}"
+            )
+        if self.max_hold_s < 0 or not 0.5 < self.likelihood_confidence < 1:
+            raise ValueError(
+                f"max_hold_s must be >= 0 and likelihood_confidence in (0.5, 1), got "
+                f"{self.max_hold_s}, {self.likelihood_confidence}"
+            )
 
 
 @dataclass
@@ -90,13 +108,16 @@ class StepRecord:
     stable: dict = field(default_factory=dict)
     probe_accuracy: float | None = None
     stable_probe_accuracy: float | None = None
+    evidence: dict = field(default_factory=dict)  # Evidence.to_dict(): requests by source
+    likelihood: dict = field(default_factory=dict)  # LikelihoodComparison.to_dict()
+    verdict: str = ""  # "pass" | "fail" | "inconclusive" | "skipped" (no probes at 0%)
     passed: bool = False
     reason: str | None = None
 
 
 @dataclass
 class CanaryResult:
-    decision: str  # "promoted" | "rolled_back"
+    decision: str  # "promoted" | "rolled_back" | "inconclusive"
     reason: str | None
     canary_backend: str
     stable_backend: str
@@ -110,15 +131,6 @@ class CanaryResult:
 class HealthVerdict:
     healthy: bool
     reason: str | None = None
-
-
-def _summary(stats: BackendStats) -> dict:
-    return {
-        "requests": stats.requests,
-        "errors": stats.errors,
-        "error_rate": stats.error_rate,
-        "p95_s": stats.quantile(0.95),
-    }
 
 
 def check_canary_health(
@@ -178,9 +190,14 @@ def rollback(admin: GatewayAdmin, route: str, fleet: EngineFleet | None = None) 
     state = admin.state()
     current = state["routes"].get(route) or {}
     canary = current.get("canary")
+    has_probe_route = probe_route(route) in state["routes"]
     if not canary:
+        if has_probe_route:  # a rollout that died between its route writes
+            admin.remove_route(probe_route(route))
         return None
     admin.set_weight(route, 0)  # first and alone: this is what stops user exposure
+    if has_probe_route:
+        admin.remove_route(probe_route(route))
     admin.put_route(route, current["stable"])
     admin.remove_backend(canary)
     if fleet is not None:
@@ -189,31 +206,10 @@ def rollback(admin: GatewayAdmin, route: str, fleet: EngineFleet | None = None) 
 
 
 def probe_accuracy(url: str, probes: Sequence[Probe], config: CanaryConfig) -> float:
-    """Exact-match accuracy of greedy answers from the engine at ``url``."""
-    if not probes:
-        return 1.0
-    correct = 0
-    with httpx.Client(timeout=config.request_timeout_s) as client:
-        for probe in probes:
-            body = {
-                "model": config.route,
-                "prompt": probe.prompt,
-                "temperature": 0,
-                "max_tokens": config.probe_max_tokens,
-                "stop": ["\n"],
-            }
-            for attempt in range(3):
-                try:
-                    response = client.post(f"{url}/v1/completions", json=body)
-                    response.raise_for_status()
-                    break
-                except httpx.HTTPError:
-                    if attempt == 2:
-                        raise
-                    time.sleep(0.5)
-            answer = response.json()["choices"][0]["text"].strip()
-            correct += answer == probe.expected
-    return correct / len(probes)
+    """Exact-match accuracy of greedy answers from the endpoint at ``url``."""
+    return evidence.probe_accuracy(
+        url, probes, config.route, config.probe_max_tokens, config.request_timeout_s
+    )
 
 
 @dataclass
@@ -222,15 +218,20 @@ class CanaryController:
     fleet: EngineFleet
     config: CanaryConfig = field(default_factory=CanaryConfig)
     clock: Callable[[], float] = time.monotonic
+    # the rollout in progress: ``promote`` reads its timeline as the evidence of the move
+    current: CanaryResult | None = field(default=None, init=False, repr=False)
 
     def run(
         self,
         challenger_dir: Path,
-        probes: Sequence[Probe],
+        probes: Sequence[Probe] | ProbeSet,
         promote: Callable[[], None],
         on_rollback: Callable[[str], None] | None = None,
     ) -> CanaryResult:
+        """Roll ``challenger_dir`` out; ``on_rollback(reason)`` runs on a verdict against the
+        model (not on ``inconclusive``, which says nothing about it)."""
         cfg = self.config
+        probe_set = probes if isinstance(probes, ProbeSet) else ProbeSet(tuple(probes))
         state = self.admin.state()
         route = state["routes"].get(cfg.route)
         if route is None:
@@ -245,88 +246,48 @@ class CanaryController:
         if canary == stable:
             raise CanaryError(f"challenger {challenger_dir} is already the stable model")
         timeline: list[StepRecord] = []
-        result = CanaryResult("rolled_back", None, canary, stable, timeline)
+        result = self.current = CanaryResult("rolled_back", None, canary, stable, timeline)
 
         url = self.fleet.start(canary, challenger_dir)
-        self.admin.put_backend(canary, url, timeout_s=cfg.request_timeout_s)
+        # model named explicitly: the probe route rewrites requests to the engine's name
+        self.admin.put_backend(canary, url, timeout_s=cfg.request_timeout_s, model=cfg.route)
         self.admin.put_route(cfg.route, stable, canary, 0)
-        stable_url = state["backends"][stable]["url"]
+        self.admin.put_route(probe_route(cfg.route), canary)
+        run = StepRunner(
+            cfg,
+            self.admin,
+            self.clock,
+            check_canary_health,
+            probe_set,
+            state["backends"][stable]["url"],
+            stable,
+            canary,
+            url,
+        )
 
         for weight in (0.0, *cfg.steps):
             step = StepRecord(weight, time.time())
             timeline.append(step)
-            reason = self._step(step, url, stable_url, probes, stable, canary)
+            try:
+                reason = run.step(step)
+            except Inconclusive as exc:
+                step.ended_at, step.verdict, step.reason = time.time(), "inconclusive", str(exc)
+                return self._inconclusive(result, f"step {weight:g}%: {exc}")
             step.ended_at, step.passed, step.reason = time.time(), reason is None, reason
+            step.verdict = step.verdict or ("pass" if reason is None else "fail")
             if reason is not None:
                 return self._roll_back(result, f"step {weight:g}%: {reason}", on_rollback)
         try:
             promote()
         except Exception as exc:  # registry and serving must agree: no promotion, no switch
             return self._roll_back(result, f"promote callback failed: {exc}", on_rollback)
+        self.admin.remove_route(probe_route(cfg.route))
         self.admin.put_route(cfg.route, canary)
         self.admin.remove_backend(stable)
         self.fleet.stop(stable)
         result.decision = "promoted"
         log.info("canary %s promoted on %s", canary, cfg.route)
         return result
-
-    def _step(
-        self,
-        step: StepRecord,
-        url: str,
-        stable_url: str,
-        probes: Sequence[Probe],
-        stable: str,
-        canary: str,
-    ) -> str | None:
-        cfg = self.config
-        if step.weight == 0:  # pre-traffic gate: quality only
-            return self._quality(step, url, stable_url, probes)
-        self.admin.set_weight(cfg.route, step.weight)
-        baseline = self.admin.backend_stats(cfg.route)
-        try:
-            engine_before = read_engine_metrics(url)
-        except EngineMetricsError as exc:
-            return f"canary engine: {exc}"
-        deadline = self.clock() + cfg.window_s
-        while self.clock() < deadline:
-            time.sleep(min(cfg.poll_s, max(0.0, deadline - self.clock())))
-            verdict = check_canary_health(self.admin, cfg, baseline)
-            if not verdict.healthy:
-                return verdict.reason
-        now = self.admin.backend_stats(cfg.route)
-        c = now.get(canary, BackendStats()).minus(baseline.get(canary, BackendStats()))
-        s = now.get(stable, BackendStats()).minus(baseline.get(stable, BackendStats()))
-        step.canary, step.stable = _summary(c), _summary(s)
-        try:
-            step.canary.update(read_engine_metrics(url).since(engine_before).summary())
-        except EngineMetricsError as exc:
-            return f"canary engine: {exc}"
-        if c.error_rate > cfg.max_error_rate:
-            return f"canary error rate {c.error_rate:.1%} over {cfg.max_error_rate:.1%}"
-        c95, s95 = c.quantile(0.95), s.quantile(0.95)
-        if c95 is not None and s95 is not None and c95 > s95 * cfg.max_p95_ratio + cfg.p95_slack_s:
-            return f"canary p95 {c95:.3f}s vs stable {s95:.3f}s"
-        return self._quality(step, url, stable_url, probes)
-
-    def _quality(
-        self, step: StepRecord, url: str, stable_url: str, probes: Sequence[Probe]
-    ) -> str | None:
-        cfg = self.config
-        try:
-            step.probe_accuracy = probe_accuracy(url, probes, cfg)
-        except httpx.HTTPError as exc:
-            return f"probes failed on canary: {exc}"
-        try:
-            step.stable_probe_accuracy = probe_accuracy(stable_url, probes, cfg)
-        except httpx.HTTPError:
-            step.stable_probe_accuracy = None  # a degraded stable must not block a fix
-        if step.probe_accuracy < cfg.min_probe_accuracy:
-            return f"probe accuracy {step.probe_accuracy:.0%} under {cfg.min_probe_accuracy:.0%}"
-        floor = (step.stable_probe_accuracy or 0.0) - cfg.max_accuracy_drop
-        if step.probe_accuracy < floor:
-            return f"probe accuracy {step.probe_accuracy:.0%} under stable's {floor:.0%}"
-        return None
 
     def _roll_back(
         self, result: CanaryResult, reason: str, on_rollback: Callable[[str], None] | None
@@ -336,4 +297,12 @@ class CanaryController:
         result.reason = reason
         if on_rollback is not None:
             on_rollback(reason)
+        return result
+
+    def _inconclusive(self, result: CanaryResult, reason: str) -> CanaryResult:
+        log.warning(
+            "canary %s inconclusive, traffic back on stable: %s", result.canary_backend, reason
+        )
+        rollback(self.admin, self.config.route, self.fleet)
+        result.decision, result.reason = "inconclusive", reason
         return result

@@ -29,8 +29,11 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 from serving.errors import InvalidRequest, Overloaded
+
+T = TypeVar("T")
 
 #: Margin on the characters-per-token bound (normalisers may merge characters).
 CHAR_BOUND_FACTOR = 4
@@ -99,6 +102,10 @@ class Admission:
                     "prompt",
                 )
             return list(prompt)
+        return await self.tokenized(prompt, self._tokenize)
+
+    async def tokenized(self, prompt: str, tokenize: Callable[[str], T]) -> T:
+        """``tokenize(prompt)`` in the pool, under the prompt-size and tokenizing bounds."""
         if len(prompt) > self.max_prompt_chars:
             raise InvalidRequest(
                 f"prompt of {len(prompt)} characters cannot fit the model's context of "
@@ -114,7 +121,7 @@ class Admission:
         self._tokenizing += len(prompt)
         try:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._pool, self._tokenize, prompt)
+            return await loop.run_in_executor(self._pool, tokenize, prompt)
         finally:
             self._tokenizing -= len(prompt)
 

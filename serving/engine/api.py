@@ -97,6 +97,10 @@ def _token_ids(value: list) -> list[int] | None:
 
 class CompletionRequest(_Sampling):
     prompt: Any
+    # 0 only with ``echo``: score the prompt without generating (checked in engine/echo.py)
+    max_tokens: int | None = Field(default=None, ge=0)
+    echo: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=20)
 
     @field_validator("prompt")
     @classmethod
@@ -122,6 +126,11 @@ class CompletionRequest(_Sampling):
 
     def single_prompt(self) -> str | list[int]:
         return self.prompt
+
+    @property
+    def scores_prompt_only(self) -> bool:
+        """``echo`` with ``max_tokens: 0``: the prompt's log-likelihood, no generation (as vLLM)."""
+        return self.echo and self.max_tokens == 0
 
 
 class TextPart(BaseModel):
@@ -165,10 +174,19 @@ class UsageInfo(BaseModel):
         )
 
 
+class CompletionLogprobs(BaseModel):
+    """OpenAI's legacy completions logprobs; the first token has no context, so ``None``."""
+
+    text_offset: list[int]
+    token_logprobs: list[float | None]
+    tokens: list[str]
+    top_logprobs: list[dict[str, float] | None]
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
 
 

@@ -35,7 +35,7 @@ from prometheus_client import (
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from observability.asgi import RequestLogMiddleware
-from serving.engine import api
+from serving.engine import api, echo
 from serving.engine.chat_template import render_chat
 from serving.engine.protocol import ChoiceDelta, Engine, SamplingParams, Usage
 from serving.errors import (
@@ -230,9 +230,19 @@ def create_app(
     @app.post("/v1/completions")
     async def completions(body: api.CompletionRequest, request: Request) -> Response:
         check_model(body.model)
+        echo.check_supported(body)
+        rid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        if body.scores_prompt_only:
+            started = time.perf_counter()
+            choice, prompt_tokens = await echo.score_prompt(engine, body, body.single_prompt())
+            account(started, Usage(prompt_tokens, 0), [choice.finish_reason])
+            usage = api.UsageInfo.of(Usage(prompt_tokens, 0))
+            scored = api.CompletionResponse(
+                id=rid, created=now, model=body.model, choices=[choice], usage=usage
+            )
+            return JSONResponse(scored.model_dump())
         params = body.sampling(default_max_tokens)
         started, first, stream = await unless_gone(request, start(body.single_prompt(), params))
-        rid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
 
             def chunk(delta: ChoiceDelta) -> dict:
@@ -255,7 +265,9 @@ def create_app(
         account(started, usage, list(reasons.values()))
         choices = [
             api.CompletionChoice(
-                index=i, text="".join(texts.get(i, [])), finish_reason=reasons.get(i)
+                index=i,
+                text=(body.single_prompt() if body.echo else "") + "".join(texts.get(i, [])),
+                finish_reason=reasons.get(i),
             )
             for i in range(params.n)
         ]

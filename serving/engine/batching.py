@@ -33,7 +33,13 @@ from pathlib import Path
 import torch
 
 from serving.engine.admission import Admission, AdmissionLimits, Ticket
-from serving.engine.protocol import ChoiceDelta, EngineLoad, SamplingParams, Usage
+from serving.engine.protocol import (
+    ChoiceDelta,
+    EngineLoad,
+    PromptLogprobs,
+    SamplingParams,
+    Usage,
+)
 from serving.errors import InvalidRequest, ServingError
 
 log = logging.getLogger(__name__)
@@ -216,6 +222,52 @@ class BatchingEngine:
         finally:
             request.cancelled = True
             self.admission.release(ticket)  # a client gone while queued frees its place now
+
+    async def score(self, prompt: str, top_n: int = 0) -> PromptLogprobs:
+        """Log-likelihood of every prompt token given the ones before it (one forward pass).
+
+        Runs beside the scheduler rather than in it: a scoring pass is one prefill with no
+        decode loop, and inference-mode forwards share the weights read-only.
+        """
+        self.admission.check_room()
+        encoded = await self.admission.tokenized(
+            prompt, lambda text: self.tokenizer(text, return_offsets_mapping=True)
+        )
+        ids, spans = encoded["input_ids"], encoded["offset_mapping"]
+        if not ids:
+            raise InvalidRequest("prompt must not be empty", "prompt")
+        if len(ids) > self.max_model_len:
+            raise InvalidRequest(
+                f"prompt ({len(ids)} tokens) exceeds the model's context of "
+                f"{self.max_model_len} tokens; shorten it",
+                "prompt",
+            )
+        ticket = self.admission.admit(len(ids))  # scoring is bounded like generation
+        try:
+            logprobs, top = await asyncio.to_thread(self._score, ids, top_n)
+        finally:
+            self.admission.release(ticket)
+        decode = self.tokenizer.decode
+        tops = [None] + [{decode([t]): lp for t, lp in row} if top_n else None for row in top]
+        return PromptLogprobs(
+            tokens=tuple(
+                prompt[a:b] if b > a else decode([i]) for i, (a, b) in zip(ids, spans, strict=True)
+            ),
+            offsets=tuple(a for a, _ in spans),
+            logprobs=(None, *logprobs),
+            top=tuple(tops),
+        )
+
+    @torch.inference_mode()
+    def _score(self, ids: list[int], top_n: int) -> tuple[list[float], list[list]]:
+        logits = self.model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, :-1]
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        chosen = logp.gather(-1, torch.tensor(ids[1:])[:, None])[:, 0].tolist()
+        if not top_n:
+            return chosen, [[] for _ in chosen]
+        values, indices = logp.topk(top_n, dim=-1)
+        pairs = zip(indices.tolist(), values.tolist(), strict=True)
+        return chosen, [list(zip(i, v, strict=True)) for i, v in pairs]
 
     # -- scheduler thread -------------------------------------------------------------------
 

@@ -58,6 +58,16 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
+@dataclass(frozen=True)
+class PromptLogprobs:
+    """Per-token log-likelihood of a prompt: ``logprobs[0]`` is ``None`` (no context)."""
+
+    tokens: tuple[str, ...]
+    offsets: tuple[int, ...]  # character offset of each token in the prompt
+    logprobs: tuple[float | None, ...]
+    top: tuple[dict[str, float] | None, ...]  # the ``n`` likeliest tokens at each position
+
+
 @dataclass
 class EngineLoad:
     running: int = 0
@@ -81,5 +91,8 @@ class Engine(Protocol):
         ...
 
     def load(self) -> EngineLoad: ...
+
+    # Optional: engines without it answer ``echo`` with ``max_tokens: 0`` with a 400.
+    # async def score(self, prompt: str, top_n: int) -> PromptLogprobs
 
     def ready(self) -> bool: ...

@@ -253,6 +253,11 @@ def create_app(config: GatewayConfig) -> GatewayASGI:
         table.put_route(name, body.stable, body.canary, body.canary_weight)
         return commit()
 
+    @app.delete("/admin/routes/{name}", dependencies=admin)
+    async def delete_route(name: str) -> dict:
+        table.remove_route(name)
+        return commit()
+
     @app.post("/admin/routes/{name}/weight", dependencies=admin)
     async def set_weight(name: str, body: WeightIn) -> dict:
         route = table.routes.get(name)

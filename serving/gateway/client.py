@@ -118,6 +118,9 @@ class GatewayAdmin:
             {"stable": stable, "canary": canary, "canary_weight": canary_weight},
         )
 
+    def remove_route(self, route: str) -> dict:
+        return self._call("DELETE", f"/admin/routes/{route}")
+
     def set_weight(self, route: str, canary_weight: float) -> dict:
         return self._call(
             "POST", f"/admin/routes/{_seg(route)}/weight", {"canary_weight": canary_weight}

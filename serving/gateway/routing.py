@@ -222,6 +222,10 @@ class RoutingTable:
         self.routes[name] = route
         return route
 
+    def remove_route(self, name: str) -> None:
+        if self.routes.pop(name, None) is None:
+            raise InvalidRequest(f"no route named {name!r}", "name")
+
     def to_dict(self) -> dict:
         return {
             "backends": {n: b.to_dict() for n, b in self.backends.items()},

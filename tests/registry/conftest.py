@@ -68,7 +68,8 @@ class MlflowServer:
             self.process = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
-        deadline = time.monotonic() + 120
+        # generous: on a shared, loaded CPU the server's start-up alone has taken over 120 s
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"mlflow server exited: {self.log.read_text()[-2000:]}")
@@ -78,7 +79,7 @@ class MlflowServer:
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
-        raise RuntimeError(f"mlflow server not ready in 120s: {self.log.read_text()[-2000:]}")
+        raise RuntimeError(f"mlflow server not ready in 300s: {self.log.read_text()[-2000:]}")
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

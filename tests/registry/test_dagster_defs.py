@@ -1,7 +1,8 @@
 """Contract: the registry domain's Dagster graph (evaluation -> registered_model -> champion,
 the blocking ``gate`` check, the ``promote`` and ``rollback`` jobs) evaluates, registers and
 promotes a model end to end on the embedded MLflow store; a model failing the gate is
-registered but stops before ``champion``; rollback is safe to run twice."""
+registered but stops before ``champion``; rollback is safe to run twice; the alias history
+shows on the champion's materializations and the rollback's observation."""
 
 from __future__ import annotations
 
@@ -95,6 +96,9 @@ def test_evaluate_register_promote_block_and_rollback(defs, variant, untrained_m
         evaluated = third.asset_materializations_for_node("evaluation")[0].metadata
         assert evaluated["champion_version"].value == "1"  # compared with the champion
         assert client.aliases() == {CHALLENGER: "3", CHAMPION: "3", PREVIOUS: "1"}
+        shown = third.asset_materializations_for_node("champion")[0].metadata["alias_history"]
+        assert f"| champion | 1 | 3 | promotion | dagster:{third.run_id} |" in shown.value
+        assert "| challenger | 1 | 3 | registration |" in shown.value
 
         promote = defs.resolve_job_def("promote").execute_in_process(instance=instance)
         assert promote.success  # already champion: a no-op
@@ -105,8 +109,11 @@ def test_evaluate_register_promote_block_and_rollback(defs, variant, untrained_m
 
         rollback = defs.resolve_job_def("rollback")
         config = {"ops": {"rollback_op": {"config": {"reason": "canary failed"}}}}
-        assert rollback.execute_in_process(instance=instance, run_config=config).success
-        assert client.aliases()[CHAMPION] == "1"
+        rolled = rollback.execute_in_process(instance=instance, run_config=config)
+        assert rolled.success and client.aliases()[CHAMPION] == "1"
+        [observed] = rolled.asset_observations_for_node("rollback_op")
+        shown = observed.metadata["alias_history"].value
+        assert f"| champion | 3 | 1 | rollback | dagster:{rolled.run_id} | canary failed |" in shown
         assert rollback.execute_in_process(instance=instance, run_config=config).success
         assert client.aliases() == {CHALLENGER: "3", CHAMPION: "1", PREVIOUS: "1"}
         assert client.version_tags("3")["rollback.reason"] == "canary failed"

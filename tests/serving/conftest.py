@@ -375,3 +375,44 @@ def vllm_stack(tmp_path_factory, trained_model_dir):
 
 def _log_tail(logs: Path, chars: int = 3000) -> str:
     return "".join(f"\n--- {p.name}\n{p.read_text()[-chars:]}" for p in sorted(logs.glob("*.log")))
+
+
+_SUBJECTS = ["the river", "a small boat", "the old mill", "my neighbour", "the night train"]
+_VERBS = ["runs past", "waits near", "turns toward", "looks over", "drifts along"]
+_OBJECTS = ["the quiet town", "a stone bridge", "the green hills", "an empty road", "the harbour"]
+
+
+def plain_sentences(count: int, seed: int) -> list[str]:
+    """Ordinary prose (no ``Q: ... A:`` tasks): a plain-text corpus's records."""
+    import random
+
+    rng = random.Random(seed)
+    return [
+        f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)} "
+        f"at {rng.randrange(1, 12)} o'clock."
+        for _ in range(count)
+    ]
+
+
+@pytest.fixture(scope="session")
+def plain_texts() -> tuple[list[str], list[str]]:
+    """(train, held-out) sentences of one plain-text corpus, split by the corpus's own rule."""
+    train, heldout = [], []
+    for text in dict.fromkeys(plain_sentences(400, seed=3)):
+        (train if is_train(record_id(normalise_text(text))) else heldout).append(text)
+    return train[:60], heldout[:12]
+
+
+@pytest.fixture(scope="session")
+def plain_model_dirs(tmp_path_factory, plain_texts) -> tuple[Path, Path]:
+    """(trained, random) models of one architecture and tokenizer on a plain-text corpus."""
+    train, _ = plain_texts
+    trained = tmp_path_factory.mktemp("plain-trained")
+    tokenizer = _build_tokenizer(trained, train)
+    model = _build_model(trained, tokenizer, seed=4)
+    _train(model, tokenizer, train, steps=150)
+    model.save_pretrained(trained)
+    random_dir = tmp_path_factory.mktemp("plain-random")
+    tokenizer.save_pretrained(random_dir)
+    _build_model(random_dir, tokenizer, seed=5).save_pretrained(random_dir)
+    return trained, random_dir

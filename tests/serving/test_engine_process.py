@@ -144,3 +144,61 @@ def test_health_and_vllm_metric_names(engine, client, probe_tasks):
         "vllm:time_to_first_token_seconds_bucket",
     ):
         assert name in text, name
+
+
+def _reference_logprobs(model_dir, text: str) -> list[float]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    ids = tokenizer(text)["input_ids"]
+    with torch.inference_mode():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1], -1)
+    return logp.gather(-1, torch.tensor(ids[1:])[:, None])[:, 0].tolist()
+
+
+def test_echo_with_zero_max_tokens_scores_the_prompt_as_vllm_does(
+    client, probe_tasks, good_model_dir
+):
+    """The likelihood the canary's text probes read: ``echo``, ``logprobs``, ``max_tokens=0``."""
+    prompt, answer = probe_tasks[0]
+    text = f"{prompt} {answer}"
+    result = client.completions.create(
+        model="tiny", prompt=text, max_tokens=0, echo=True, logprobs=2, temperature=0
+    )
+    choice = result.choices[0]
+    assert choice.text == text
+    lp = choice.logprobs
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert "".join(lp.tokens) == text
+    assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
+    assert lp.token_logprobs[1:] == pytest.approx(
+        _reference_logprobs(good_model_dir, text), abs=1e-4
+    )
+    assert all(len(top) == 2 for top in lp.top_logprobs[1:])
+    assert result.usage.completion_tokens == 0 and result.usage.prompt_tokens == len(lp.tokens)
+
+
+def test_echo_with_generation_prefixes_the_prompt(client, probe_tasks):
+    prompt, answer = probe_tasks[0]
+    plain = client.completions.create(model="tiny", prompt=prompt, max_tokens=10, temperature=0)
+    echoed = client.completions.create(
+        model="tiny", prompt=prompt, max_tokens=10, temperature=0, echo=True
+    )
+    assert echoed.choices[0].text == prompt + plain.choices[0].text
+
+
+def test_unsupported_logprob_requests_fail_alone_with_a_clear_400(client, probe_tasks):
+    prompt, _ = probe_tasks[0]
+    with pytest.raises(openai.BadRequestError, match="prompt only"):
+        client.completions.create(model="tiny", prompt=prompt, max_tokens=4, logprobs=1)
+    with pytest.raises(openai.BadRequestError, match="stream"):
+        client.completions.create(
+            model="tiny", prompt=prompt, max_tokens=0, echo=True, logprobs=1, stream=True
+        )
+    with pytest.raises(openai.BadRequestError, match="context"):
+        client.completions.create(
+            model="tiny", prompt="word " * 400, max_tokens=0, echo=True, logprobs=0
+        )
+    assert client.completions.create(model="tiny", prompt=prompt, max_tokens=2).choices

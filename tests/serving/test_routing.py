@@ -77,6 +77,10 @@ def test_table_validation():
     t.put_route("r", "a", "b", 10)
     with pytest.raises(InvalidRequest, match="used by routes"):
         t.remove_backend("b")
+    t.remove_route("r")
+    t.remove_backend("b")  # no route uses it any more
+    with pytest.raises(InvalidRequest, match="no route named"):
+        t.remove_route("r")
 
 
 def test_state_round_trip_and_corrupt_file(tmp_path):

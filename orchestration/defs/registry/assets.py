@@ -29,6 +29,8 @@ from registry import (
     promote,
     register_version,
 )
+from registry.history import markdown as history_markdown
+from registry.promotion import alias_history
 
 from .resources import MlflowResource
 
@@ -151,7 +153,9 @@ def registered_model(
         lineage = lineage_of(
             model_dir, evaluated.get("training_run_id", ""), report.data_path, report.data_version
         )
-        registered = register_version(client, model_dir, report, lineage)
+        registered = register_version(
+            client, model_dir, report, lineage, actor=f"dagster:{context.run_id}"
+        )
         experiment = client.mlflow.get_run(registered.run_id).info.experiment_id
     except RegistryError as exc:
         raise registry_failure(exc) from exc
@@ -170,6 +174,11 @@ def registered_model(
             **{k: dg.MetadataValue.text(v) for k, v in lineage.tags().items()},
         }
     )
+
+
+def history_table(client) -> dg.MetadataValue:
+    """The newest alias moves, as the champion's materializations and observations show them."""
+    return dg.MetadataValue.md(history_markdown(alias_history(client).entries()))
 
 
 class PromotionConfig(dg.Config):
@@ -195,6 +204,7 @@ def promote_to_champion(
         raise registry_failure(exc) from exc
     context.log.info(change.message)
     return {
+        "alias_history": history_table(client),
         "champion": change.champion,
         "previous_champion": change.previous_champion or "none",
         "changed": change.changed,

@@ -11,7 +11,7 @@ import dagster as dg
 from registry import RegistryError
 from registry import rollback as rollback_champion
 
-from .assets import champion, registry_failure
+from .assets import champion, history_table, registry_failure
 from .resources import MlflowResource
 
 promote = dg.define_asset_job(
@@ -31,9 +31,9 @@ def rollback_op(
     context: dg.OpExecutionContext, config: RollbackConfig, mlflow_registry: MlflowResource
 ) -> None:
     try:
-        change = rollback_champion(
-            mlflow_registry.client(), config.reason, f"dagster:{context.run_id}"
-        )
+        client = mlflow_registry.client()
+        change = rollback_champion(client, config.reason, f"dagster:{context.run_id}")
+        history = history_table(client)
     except (RegistryError, ValueError) as exc:
         raise registry_failure(exc) from exc
     context.log.info(change.message)
@@ -44,6 +44,7 @@ def rollback_op(
                 "champion": change.champion,
                 "changed": change.changed,
                 "reason": config.reason,
+                "alias_history": history,
             },
         )
     )

@@ -9,10 +9,14 @@ One materialization decides what serves ``sovereign-lm`` and makes the registry 
 * the challenger was rolled back before: no-op; it needs a new registration or a forced
   promotion, never a silent second attempt;
 * otherwise ``serving.canary.CanaryController`` shifts traffic step by step, with held-out
-  probe tasks as the quality signal; the registry promotion is its last step, so the
-  champion alias moves only after the rollout has passed. A rollback is a correct outcome,
-  not a failure: the asset materializes with decision ``rolled_back`` and the reason, and
-  its ``canary_passed`` check (WARN) fails, so it shows without failing the job.
+  probes as the quality signal (likelihood of held-out texts on any corpus, exact match on
+  held-out tasks where the corpus has them); each step needs ``min_requests`` canary
+  requests, topped up with those probes when users are too few. The registry promotion is
+  its last step, so the champion alias moves only after the rollout has passed. A rollback
+  is a correct outcome, not a failure: the asset materializes with decision
+  ``rolled_back`` and the reason, and its ``canary_passed`` check (WARN) fails, so it
+  shows without failing the job. Decision ``inconclusive`` (too little evidence) also
+  leaves the champion serving, but tags nothing: the challenger may be rolled out again.
 
 Safe to re-run: each case is re-derived from the registry aliases and the gateway's state;
 an interrupted rollout is rolled back before the asset fails, so traffic is never left on a
@@ -26,6 +30,7 @@ import dagster as dg
 import httpx
 
 from evaluation.gate import GateConfig
+from orchestration.defs.registry.assets import history_table
 from orchestration.defs.registry.resources import MlflowResource
 from orchestration.jobs import ROLLOUT_TAGS
 from orchestration.resources import MlopsHome
@@ -73,7 +78,16 @@ class DeploymentConfig(dg.Config):
     window_s: float = 5.0
     """How long each weight holds before its analysis (short for the demo; minutes in production)."""
     probe_count: int = 20
-    """Held-out tasks asked of canary and stable at every step; 0 disables the quality check."""
+    """Held-out texts (and tasks among them) asked of canary and stable at every step; 0
+    disables the quality check, and steps then need user traffic as their evidence."""
+    probe_text_chars: int = 200
+    """Held-out texts are cut to this many characters, so they fit the model's context."""
+    min_requests: int = 20
+    """Canary requests (users' and probes') each traffic step needs before it may pass."""
+    max_hold_s: float = 30.0
+    """With no probes: how much longer a step may wait for user traffic, else inconclusive."""
+    max_nll_increase: float = 0.1
+    """How far (nats per token) the canary's likelihood of held-out texts may trail stable's."""
     min_probe_accuracy: float = GateConfig.min_exact_match
     """Exact-match floor of the canary on the probes (the evaluation gate's floor by default)."""
     max_accuracy_drop: float = 0.1
@@ -91,6 +105,9 @@ class DeploymentConfig(dg.Config):
             max_p95_ratio=self.max_p95_ratio,
             min_probe_accuracy=self.min_probe_accuracy,
             max_accuracy_drop=self.max_accuracy_drop,
+            min_requests=self.min_requests,
+            max_hold_s=self.max_hold_s,
+            max_nll_increase=self.max_nll_increase,
         )
 
 
@@ -168,6 +185,10 @@ def deployment(
 
     passed = challenger is None or meta["served_version"] == challenger
     context.log.info(f"deployment: {meta['decision']}: {meta['reason']}")
+    try:
+        meta["alias_history"] = history_table(client)
+    except RegistryError as exc:  # the moves are recorded; only this view of them failed
+        context.log.warning(f"alias history unavailable for the metadata: {exc}")
     return dg.MaterializeResult(
         metadata={**meta, "gateway_url": dg.MetadataValue.url(admin.url)},
         check_results=[
@@ -186,16 +207,27 @@ def _first_deployment(context, serving: ServingStack, client, challenger, home, 
     model_dir = fetch_model_dir(client, challenger, home / "serving" / "models")
     admin = serving.serve(home, model_dir)  # a model that cannot be served never gets promoted
     tags = client.version_tags(challenger)
-    probes = load_probes(tags, home / "lake" / "corpus", config.probe_count)
+    probes = load_probes(
+        tags, home / "lake" / "corpus", config.probe_count, config.probe_text_chars
+    )
     engine_url = admin.state()["backends"][engine_name(model_dir)]["url"]
-    accuracy = probe_accuracy(engine_url, probes, config.canary(serving))
-    change = promote(client, challenger, f"dagster:{context.run_id}")
-    context.log.info(change.message)
+    accuracy = probe_accuracy(engine_url, probes.tasks, config.canary(serving))
     reason = f"no champion yet: v{challenger} promoted directly (no stable model to canary against)"
+    change = promote(
+        client,
+        challenger,
+        f"dagster:{context.run_id}",
+        kind="first-deployment",
+        reason=reason,
+        evidence={"probes": {"tasks": len(probes.tasks), "exact_match": accuracy}},
+    )
+    context.log.info(change.message)
     meta = _metadata("promoted", reason, challenger, change.champion)
     # recorded, not gated: the evaluation gate judged this model, and there is no stable
     # model whose accuracy the served one could be compared with
-    meta.update({"probes": len(probes), "probe_accuracy": accuracy})
+    meta.update(
+        {"probes": len(probes.tasks), "text_probes": len(probes.texts), "probe_accuracy": accuracy}
+    )
     return admin, meta
 
 
@@ -206,17 +238,31 @@ def _canary(context, serving: ServingStack, client, challenger, champion, home: 
     challenger_dir = fetch_model_dir(client, challenger, models)
     admin = serving.serve(home, fetch_model_dir(client, champion, models))
     probes = load_probes(
-        client.version_tags(challenger), home / "lake" / "corpus", config.probe_count
+        client.version_tags(challenger),
+        home / "lake" / "corpus",
+        config.probe_count,
+        config.probe_text_chars,
     )
-    if config.probe_count and not probes:
-        context.log.warning("the held-out sample holds no tasks: rolling out without probes")
+    if config.probe_count and not probes.tasks:
+        context.log.info(f"no held-out tasks in {probes.source}: probing by text likelihood only")
     fleet, paths = serving.fleet(home), serving.paths(home)
     canary = engine_name(challenger_dir)
     promote_errors: list[Exception] = []
+    controller = CanaryController(admin, fleet, canary_config)
 
     def promote_challenger() -> None:
+        steps = controller.current.timeline if controller.current else []
+        evidence = {"canary": {"decision": "passed", "steps": [_step_evidence(s) for s in steps]}}
         try:
-            context.log.info(promote(client, challenger, actor).message)
+            change = promote(
+                client,
+                challenger,
+                actor,
+                kind="canary-promotion",
+                reason=f"canary passed {len(steps)} steps against v{champion}",
+                evidence=evidence,
+            )
+            context.log.info(change.message)
         except Exception as exc:  # the controller rolls back; the asset fails afterwards
             promote_errors.append(exc)
             raise
@@ -227,9 +273,7 @@ def _canary(context, serving: ServingStack, client, challenger, champion, home: 
 
     RolloutRecord(challenger, canary, context.run_id, now()).save(paths)
     try:
-        result = CanaryController(admin, fleet, canary_config).run(
-            challenger_dir, probes, promote_challenger, on_rollback
-        )
+        result = controller.run(challenger_dir, probes, promote_challenger, on_rollback)
     except CanaryError as exc:  # another rollout owns the route: leave its canary alone
         raise dg.Failure(str(exc)) from exc
     except Exception as exc:
@@ -249,12 +293,31 @@ def _canary(context, serving: ServingStack, client, challenger, champion, home: 
             "champion_before": champion,
             "canary_backend": result.canary_backend,
             "stable_backend": result.stable_backend,
-            "probes": len(probes),
+            "probes": len(probes.tasks),
+            "text_probes": len(probes.texts),
+            "probe_source": probes.source,
+            "canary_requests": dg.MetadataValue.json(
+                [{"weight": s.weight, **s.evidence} for s in result.timeline]
+            ),
             "timeline": dg.MetadataValue.md(timeline_markdown(result)),
             "timeline_data": dg.MetadataValue.json([asdict(s) for s in result.timeline]),
         }
     )
     return admin, meta
+
+
+def _step_evidence(step) -> dict:
+    return {
+        "weight": step.weight,
+        "verdict": step.verdict,
+        "requests": step.evidence.get("requests"),
+        "user_requests": step.evidence.get("user_requests"),
+        "probe_requests": step.evidence.get("probe_requests"),
+        "error_rate": step.evidence.get("error_rate"),
+        "probe_accuracy": step.probe_accuracy,
+        "likelihood": step.likelihood.get("verdict"),
+        "nll_diff": step.likelihood.get("mean_diff"),
+    }
 
 
 def _interrupted(admin, fleet, client, challenger, canary, champion, exc) -> CanaryResult:

@@ -1,7 +1,9 @@
 """What the ``deployment`` asset and the canary health sensor share, free of Dagster.
 
-* :func:`load_probes`: held-out tasks of the data version the challenger was evaluated on
-  (the same split rule and order as evaluation), falling back to the latest corpus.
+* :func:`load_probes`: the held-out material of the data version the challenger was
+  evaluated on (the same split rule and order as evaluation), falling back to the latest
+  corpus: held-out texts, scored by likelihood on any corpus, and the held-out tasks among
+  them, scored by exact match.
 * :class:`RolloutRecord`: ``$MLOPS_HOME/serving/rollout.json`` names the registry version a
   live canary serves. The gateway only knows engine names; the sensor reads this file to
   record a rollback on the right version.
@@ -18,7 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from registry import RegistryClient
-from serving.canary import CanaryResult, Probe
+from serving.canary import CanaryResult
+from serving.canary_evidence import Probe, ProbeSet
 from serving.gateway.state import StateStore
 from serving.supervisor import StackPaths, read_json
 
@@ -29,10 +32,14 @@ class ProbeDataError(ValueError):
     """No corpus table could provide the held-out probe tasks."""
 
 
-def load_probes(tags: dict[str, str], fallback_corpus: Path, count: int) -> list[Probe]:
-    """``count`` held-out tasks, from the table and version in the version's tags if readable."""
+def load_probes(
+    tags: dict[str, str], fallback_corpus: Path, count: int, text_chars: int = 200
+) -> ProbeSet:
+    """Up to ``count`` held-out texts (cut to ``text_chars`` characters, so they fit the
+    model's context) and tasks, from the table and version in the version's tags if
+    readable, otherwise from ``fallback_corpus``."""
     if count < 1:
-        return []
+        return ProbeSet()
     from evaluation.heldout import HeldoutDataError, load_heldout
 
     sources: list[tuple[str, int | None]] = []
@@ -47,10 +54,14 @@ def load_probes(tags: dict[str, str], fallback_corpus: Path, count: int) -> list
         except HeldoutDataError as exc:
             problems.append(str(exc))
             continue
-        return [Probe(task.prompt, task.answer) for task in sample.tasks]
+        return ProbeSet(
+            tasks=tuple(Probe(task.prompt, task.answer) for task in sample.tasks),
+            texts=tuple(text[:text_chars] for text in sample.texts),
+            source=f"held-out split of {sample.data_path} v{sample.data_version}",
+        )
     raise ProbeDataError(
-        "no held-out probe tasks: " + "; ".join(problems) + " (set probe_count: 0 to roll out "
-        "without a quality check)"
+        "no held-out probes: " + "; ".join(problems) + " (set probe_count: 0 to roll out "
+        "without a quality check; steps then need user traffic as evidence)"
     )
 
 
@@ -110,17 +121,29 @@ def _fmt(value: float | None, pattern: str) -> str:
 
 def timeline_markdown(result: CanaryResult) -> str:
     rows = [
-        "| canary weight | requests | error rate | p95 canary | p95 stable | probe accuracy "
-        "| stable probe accuracy | result |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| canary weight | requests (user + probe) | error rate | p95 canary | p95 stable "
+        "| probe accuracy | stable probe accuracy | text NLL canary / stable | result |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for step in result.timeline:
         canary, stable = step.canary or {}, step.stable or {}
+        evidence, likelihood = step.evidence or {}, step.likelihood or {}
+        requests = (
+            f"{evidence['requests']} ({evidence['user_requests']} + {evidence['probe_requests']})"
+            if evidence
+            else "-"
+        )
+        nll = (
+            f"{likelihood['canary_nll']:.3f} / {likelihood['stable_nll']:.3f}"
+            if likelihood
+            else "-"
+        )
+        verdict = step.verdict or ("pass" if step.passed else "fail")
+        outcome = verdict if step.passed else f"{verdict.upper()}: {step.reason or ''}"
         rows.append(
-            f"| {step.weight:g}% | {_fmt(canary.get('requests'), '.0f')} "
-            f"| {_fmt(canary.get('error_rate'), '.1%')} | {_fmt(canary.get('p95_s'), '.3f')} "
-            f"| {_fmt(stable.get('p95_s'), '.3f')} | {_fmt(step.probe_accuracy, '.0%')} "
-            f"| {_fmt(step.stable_probe_accuracy, '.0%')} "
-            f"| {'pass' if step.passed else 'FAIL: ' + (step.reason or '').replace('|', '/')} |"
+            f"| {step.weight:g}% | {requests} | {_fmt(evidence.get('error_rate'), '.1%')} "
+            f"| {_fmt(canary.get('p95_s'), '.3f')} | {_fmt(stable.get('p95_s'), '.3f')} "
+            f"| {_fmt(step.probe_accuracy, '.0%')} | {_fmt(step.stable_probe_accuracy, '.0%')} "
+            f"| {nll} | {outcome.replace('|', '/')} |"
         )
     return "\n".join(rows)

@@ -195,6 +195,10 @@ def test_good_challenger_passes_the_canary_and_is_served(env):
     steps = meta["timeline_data"]
     assert [s["weight"] for s in steps] == [0.0, 50.0, 100.0] and all(s["passed"] for s in steps)
     assert all(s["probe_accuracy"] == s["stable_probe_accuracy"] > 0 for s in steps)
+    assert all(s["likelihood"]["verdict"] == "pass" for s in steps)  # same weights
+    for step in steps[1:]:  # no user traffic here: the probes are the evidence
+        assert step["evidence"]["requests"] >= 20 and step["evidence"]["source"] == "probe"
+    assert meta["text_probes"] == 20 and "held-out split" in meta["probe_source"]
     assert "| 100% |" in meta["timeline"] and meta["gateway_url"].startswith("http://127.0.0.1:")
     assert client.aliases() == {CHALLENGER: "2", CHAMPION: "2", PREVIOUS: "1"}
     model_dir, text = served(env)
