@@ -112,6 +112,8 @@ def test_chat_streaming_framing(http, engine):
         ({"model": "scripted", "prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
         ({"model": "scripted", "prompt": "too long"}, 400, "prompt"),
         ({"model": "scripted", "prompt": ["a", "b"]}, 400, "prompt"),
+        ({"model": "scripted", "prompt": [1, 2], "echo": True, "max_tokens": 0}, 400, "prompt"),
+        ({"model": "scripted", "prompt": "x", "echo": True, "stream": True}, 400, "stream"),
     ],
 )
 def test_errors_have_the_openai_shape(http, body, status, param):
