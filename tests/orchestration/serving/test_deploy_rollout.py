@@ -199,6 +199,9 @@ def test_good_challenger_passes_the_canary_and_is_served(env):
     for step in steps[1:]:  # no user traffic here: the probes are the evidence
         assert step["evidence"]["requests"] >= 20 and step["evidence"]["source"] == "probe"
     assert meta["text_probes"] == 20 and "held-out split" in meta["probe_source"]
+    history = meta["alias_history"]  # the move, with who made it, in the asset's metadata
+    assert "| champion | 1 | 2 | canary-promotion | dagster:" in history
+    assert "| champion | - | 1 | first-deployment | dagster:" in history
     assert "| 100% |" in meta["timeline"] and meta["gateway_url"].startswith("http://127.0.0.1:")
     assert client.aliases() == {CHALLENGER: "2", CHAMPION: "2", PREVIOUS: "1"}
     model_dir, text = served(env)
