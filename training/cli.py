@@ -2,7 +2,7 @@
 
     torchrun --nproc-per-node 2 [--max-restarts 3] -m training --data LAKE/corpus \\
         --output DIR --max-steps 300 --checkpoint-every 50 --seed 0 [--engine ddp|deepspeed] \\
-        [--config FILE] [--mlflow URI]
+        [--config FILE] [--mlflow URI] [--init-from PARENT_MODEL_DIR]
 
 Launchers (the Dagster asset, operators' scripts) set ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``:
 with torchrun sharing its rendezvous TCP store with the workers, the automatic restart
@@ -52,6 +52,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", type=Path, default=None, help="JSON or YAML training config")
     p.add_argument(
         "--mlflow", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)"
+    )
+    p.add_argument(
+        "--init-from",
+        default=None,
+        help="parent model directory to warm-start from (its tokenizer and weights)",
     )
     return p.parse_args(argv)
 
@@ -125,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint_every=args.checkpoint_every,
             seed=args.seed,
             engine=args.engine,
+            init_from=args.init_from,
         )
     except ValueError as exc:
         if d.rank == 0:

@@ -51,6 +51,7 @@ class TrainingLauncher(dg.ConfigurableResource):
         max_restarts: int,
         config_file: str | None = None,
         mlflow_uri: str | None = None,
+        init_from: str | None = None,
     ) -> list[str]:
         cmd = [
             self.executable(),
@@ -76,6 +77,8 @@ class TrainingLauncher(dg.ConfigurableResource):
         ]
         if config_file:
             cmd += ["--config", config_file]
+        if init_from:
+            cmd += ["--init-from", init_from]
         if self.mlflow_tracking_uri or mlflow_uri:
             cmd += ["--mlflow", self.mlflow_tracking_uri or mlflow_uri]
         timeout = shutil.which("timeout")
