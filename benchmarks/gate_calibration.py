@@ -1,15 +1,18 @@
 """Gate calibration: false rejects of equal challengers, rejections of clearly worse ones.
 
     python benchmarks/gate_calibration.py [--trials 20] [--worse 5] [--steps 300] \\
-        [--worse-steps 20] [--config FILE] [--records 6000]
+        [--worse-steps 20] [--records 6000] [--suite 300] [--trainer reference|torchrun]
 
-On the demo's sample corpus and eval suite (written and ingested into a temporary lake), the
-real training program (``python -m training``, one process) trains a champion (seed 0),
-``--trials`` equal challengers (the same recipe, seeds 1..N) and ``--worse`` clearly worse
-ones (``--worse-steps`` steps). Every model is scored once on the same held-out texts and suite
-examples, then the gate (``evaluation.gate.decide``, default ``GateConfig``) judges each
-challenger against the champion on both bases: the task suite, and perplexity alone (as on
-a corpus without suites). Printed: for equal challengers the share not passed (false-reject
+On the demo's sample corpus and eval suite (written and ingested into a temporary lake), a
+champion (seed 0), ``--trials`` equal challengers (the same recipe, seeds 1..N) and
+``--worse`` clearly worse ones (``--worse-steps`` steps) are trained for real: by default in
+process with ``evaluation.reference_model`` (a Llama trained with AdamW on the sample tasks;
+all seeds share one corpus and tokenizer, only initialisation and batch order vary), or with
+``--trainer torchrun`` by the training program itself (``python -m training``, one process,
+its own tokenizer per run: slower). Every model is scored once on the same held-out texts and
+suite examples, then the gate (``evaluation.gate.decide``, default ``GateConfig``) judges each
+challenger against the champion on both bases: the task suite, and perplexity alone (as on a
+corpus without suites). Printed: for equal challengers the share not passed (false-reject
 rate; target at most 5%) and the verdict counts; for worse ones the share failed (target
 100%); the mean effect and bound widths. Training dominates the run time.
 """
@@ -29,6 +32,7 @@ from pathlib import Path
 from evaluation.gate import GateConfig, decide
 from evaluation.heldout import load_heldout
 from evaluation.metrics import MetricsConfig, ModelMetrics, evaluate_model
+from evaluation.reference_model import ReferenceModelConfig, build_reference_model
 from evaluation.suites import load_suites
 from ingestion.config import IngestConfig
 from ingestion.evals import ingest_suites
@@ -36,11 +40,14 @@ from ingestion.pipeline import ingest
 from ingestion.sample import write_eval_suite, write_landing
 
 
-def train(root: Path, name: str, steps: int, seed: int, config: str | None) -> Path:
+def train(root: Path, name: str, steps: int, seed: int, trainer: str) -> Path:
     out = root / "runs" / name
+    if trainer == "reference":
+        cfg = ReferenceModelConfig(train_steps=steps, seed=seed, data_seed=0)
+        return build_reference_model(out, cfg)
     cmd = [sys.executable, "-m", "training", "--data", str(root / "lake" / "corpus")]
     cmd += ["--output", str(out), "--max-steps", str(steps), "--seed", str(seed)]
-    cmd += ["--checkpoint-every", str(steps)] + (["--config", config] if config else [])
+    cmd += ["--checkpoint-every", str(steps)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=3600)
     return out / "model"
@@ -71,7 +78,7 @@ def main() -> None:
     parser.add_argument("--worse", type=int, default=5)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--worse-steps", type=int, default=20)
-    parser.add_argument("--config", default=None, help="training config (the recipe)")
+    parser.add_argument("--trainer", choices=["reference", "torchrun"], default="reference")
     parser.add_argument("--records", type=int, default=6000)
     parser.add_argument("--suite", type=int, default=300)
     args = parser.parse_args()
@@ -86,7 +93,7 @@ def main() -> None:
         sample = load_heldout(root / "lake" / "corpus", None, 200)
 
         def score(name: str, steps: int, seed: int) -> ModelMetrics:
-            model = train(root, name, steps, seed, args.config)
+            model = train(root, name, steps, seed, args.trainer)
             m = evaluate_model(model, sample, MetricsConfig(), suite.examples)
             print(f"  {name}: exact_match {m.exact_match:.3f} perplexity {m.perplexity:.4f}")
             return m

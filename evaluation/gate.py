@@ -142,15 +142,18 @@ def _rule(ok: bool, text: str) -> str:
 
 
 def _perplexity_test(challenger: ModelMetrics, champion: ModelMetrics, cfg: GateConfig):
-    if challenger.text_tokens != champion.text_tokens:
+    """Per-text NLL differences over the champion's token counts: with one tokenizer (a warm
+    start) exactly the log-perplexity difference; with two (a challenger trained from
+    scratch) still fair, since each text's summed NLL is the log-likelihood of the same string."""
+    if len(challenger.text_nll) != len(champion.text_nll):
         raise ValueError(
-            "challenger and champion were not scored on the same held-out texts (token counts "
-            "differ); score both in one evaluation, with the same tokenizer"
+            "challenger and champion were not scored on the same held-out texts "
+            f"({len(challenger.text_nll)} vs {len(champion.text_nll)}); score both in one run"
         )
     return log_perplexity_loss(
         challenger.text_nll,
         champion.text_nll,
-        challenger.text_tokens,
+        champion.text_tokens,
         cfg.test_config(math.log1p(cfg.perplexity_tolerance)),
     )
 

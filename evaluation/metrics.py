@@ -119,14 +119,18 @@ def _same_length_batches(seqs: Sequence[list[int]], size: int) -> Iterator[list[
 def text_nll(
     model, tokenizer, texts: Sequence[str], cfg: MetricsConfig
 ) -> tuple[list[float], list[int]]:
-    """Per text: summed NLL of its predicted tokens and their count (texts of < 2 tokens,
-    and the part of a text beyond the model's context, are left out)."""
+    """Per text, in the order given: summed NLL of its predicted tokens and their count.
+
+    A text of fewer than 2 tokens scores (0.0, 0), so the lists stay aligned with ``texts``
+    whatever the tokenizer; the part of a text beyond the model's context is not scored."""
     limit = getattr(model.config, "max_position_embeddings", None) or 1 << 30
-    seqs = [s[:limit] for s in (_encode(tokenizer, t) for t in texts) if len(s) >= 2]
-    if not seqs:
+    seqs = [s[:limit] for s in (_encode(tokenizer, t) for t in texts)]
+    scored = [i for i, s in enumerate(seqs) if len(s) >= 2]
+    if not scored:
         raise ValueError("perplexity needs at least one held-out text of two or more tokens")
-    nll, counts = [0.0] * len(seqs), [len(s) - 1 for s in seqs]
-    for batch in _same_length_batches(seqs, cfg.batch_size):
+    nll, counts = [0.0] * len(seqs), [max(0, len(s) - 1) for s in seqs]
+    for group in _same_length_batches([seqs[i] for i in scored], cfg.batch_size):
+        batch = [scored[j] for j in group]
         ids = torch.tensor([seqs[i] for i in batch])
         logits = model(input_ids=ids).logits[:, :-1].float()
         per_token = torch.nn.functional.cross_entropy(

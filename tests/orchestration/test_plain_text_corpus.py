@@ -21,7 +21,8 @@ from serving.stack import ROUTE, status
 
 from .test_second_run import FAST_CANARY, run_events
 
-pytestmark = pytest.mark.slow
+# several runs of the main job; minutes each on a loaded 2-core machine
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 SENTENCES = [
     "The river ran quietly past the old mill, where nobody had worked for many years.",

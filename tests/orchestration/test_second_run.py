@@ -37,7 +37,8 @@ from registry.versions import fetch_model_dir
 from serving.gateway.client import GatewayAdmin
 from serving.stack import ROUTE, admin_token, engine_name, status
 
-pytestmark = pytest.mark.slow
+# several runs of the main job; minutes each on a loaded 2-core machine
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 RECORDS_PER_BATCH = 2000
 PROMPT = format_record("what comes after 41?", "").rstrip()
