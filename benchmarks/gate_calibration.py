@@ -92,10 +92,20 @@ def main() -> None:
         [suite] = load_suites(root / "lake" / "evals", args.suite)
         sample = load_heldout(root / "lake" / "corpus", None, 200)
 
+        champion: ModelMetrics | None = None
+
         def score(name: str, steps: int, seed: int) -> ModelMetrics:
             model = train(root, name, steps, seed, args.trainer)
             m = evaluate_model(model, sample, MetricsConfig(), suite.examples)
-            print(f"  {name}: exact_match {m.exact_match:.3f} perplexity {m.perplexity:.4f}")
+            verdicts = ""
+            if champion is not None:  # progress: this challenger's verdicts on both bases
+                on_suite, on_ppl = (judge([m], champion, plain) for plain in (False, True))
+                verdicts = f" -> suite {next(iter(on_suite))}, perplexity {next(iter(on_ppl))}"
+            print(
+                f"  {name}: exact_match {m.exact_match:.3f} perplexity {m.perplexity:.4f}"
+                + verdicts,
+                flush=True,
+            )
             return m
 
         champion = score("champion", args.steps, 0)

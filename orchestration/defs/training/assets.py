@@ -28,8 +28,8 @@ from .resources import TrainingLauncher
 class TrainRunConfig(dg.Config):
     max_steps: int = 1500
     """Optimiser steps of the run. The demo recipe: with the tiny preset, digit-level tokens
-    and 1500 steps the demo's first champion answers 0.30 of its suite (300 steps: 0.10);
-    about 85 s of training on 2 idle cores (benchmarks/RESULTS.md)."""
+    and 1500 steps the demo's first champion answers 0.30 of its suite (300 steps: 0.10).
+    About 3M tokens: some 85 s at the tokens/s benchmarks/train_throughput.py measured."""
     nproc: int = 2
     """Processes (world size) torchrun starts on this host."""
     engine: Literal["ddp", "deepspeed"] = "ddp"
