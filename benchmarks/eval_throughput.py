@@ -22,6 +22,7 @@ import pyarrow as pa
 from evaluation.heldout import load_heldout
 from evaluation.metrics import MetricsConfig, evaluate_model
 from evaluation.reference_model import ReferenceModelConfig, build_reference_model
+from evaluation.suites import SuiteExample
 from ingestion.records import normalise_text, record_id
 from ingestion.sample import generate_records
 
@@ -41,14 +42,17 @@ def main() -> None:
             root / "model", ReferenceModelConfig(train_steps=args.train_steps)
         )
         sample = load_heldout(root / "corpus", 0, args.examples)
+        tasks = [  # the held-out tasks as a suite (exact match)
+            SuiteExample("demo", f"{i:05d}", t.prompt, t.answer) for i, t in enumerate(sample.tasks)
+        ]
         results = {}
         for name, cfg in (
             ("batched", MetricsConfig()),
             ("one-by-one", MetricsConfig(batch_size=1)),
         ):
-            evaluate_model(model, sample, cfg)  # warm-up: first-call allocations and kernels
+            evaluate_model(model, sample, cfg, tasks)  # warm-up: first-call allocations and kernels
             started = time.perf_counter()
-            metrics = evaluate_model(model, sample, cfg)
+            metrics = evaluate_model(model, sample, cfg, tasks)
             results[name] = (time.perf_counter() - started, metrics)
     (fast, m_fast), (slow, m_slow) = results["batched"], results["one-by-one"]
     assert m_fast.exact_match == m_slow.exact_match, "batching changed exact match"

@@ -42,7 +42,8 @@ class ReferenceModelConfig:
     batch_size: int = 32
     learning_rate: float = 3e-3
     corpus_records: int = 4000
-    seed: int = 0
+    seed: int = 0  # weights and batch order (and the data, unless data_seed is set)
+    data_seed: int | None = None  # the corpus and tokenizer; set it to vary only the seed
 
 
 def _train_tokenizer(lines: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -92,7 +93,8 @@ def build_reference_model(out: Path, config: ReferenceModelConfig | None = None)
         if previous.get("reference_config") == asdict(cfg):
             return out
     torch.manual_seed(cfg.seed)
-    lines = [r["text"] for r in generate_records(cfg.corpus_records, seed=cfg.seed + 1)]
+    data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
+    lines = [r["text"] for r in generate_records(cfg.corpus_records, seed=data_seed + 1)]
     tokenizer = _train_tokenizer(lines, cfg.vocab_size)
     model = build_model(
         ModelConfig(

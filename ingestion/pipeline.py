@@ -15,7 +15,8 @@ differ: its records now count as duplicates). A file is known by the sha256 of i
 the same content under a new name is ``already_ingested``. One ingest runs at a time.
 Files are opened with ``O_NOFOLLOW`` so a file swapped for a symlink after the checks is
 still refused. Hidden files and directories (name starting with ".") are ignored, so a
-writer can land a file atomically by writing ``.name`` and renaming it.
+writer can land a file atomically by writing ``.name`` and renaming it; so is ``evals/``,
+the eval suites' landing folder (``ingestion/evals.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import pyarrow as pa
 from ingestion import lake
 from ingestion.config import IngestConfig
 from ingestion.contract import SUPPORTED_EXTENSIONS, FileRejected, ReasonCode
+from ingestion.evals import EVALS_DIR
 from ingestion.readers import read_file
 from ingestion.report import (
     FileReport,
@@ -88,6 +90,8 @@ def discover(config: IngestConfig) -> list[LandedFile]:
     found = []
     for root, dirs, files in os.walk(landing, followlinks=False):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if Path(root) == landing and EVALS_DIR in dirs:
+            dirs.remove(EVALS_DIR)  # eval suites have their own ingestion (ingestion/evals.py)
         for name in (*dirs, *files):
             path = Path(root) / name
             if name.startswith("."):

@@ -8,7 +8,11 @@ expected answer for evaluation.
 
 ``python -m ingestion.sample --landing DIR`` writes the corpus as JSONL, CSV and Parquet
 files; ``--defects`` adds a handful of malformed records and one unreadable file, so a
-fresh install shows quarantine at work.
+fresh install shows quarantine at work. It also writes the demo's task suite,
+``DIR/evals/demo/tasks-seed<S>.jsonl`` (``prompt``, ``expected``, ``match``): fresh tasks
+of the same families, drawn with another seed, which evaluation scores every model on
+(``--suite-examples 0`` leaves it out). The families are rules, so a suite question may also
+occur in the corpus; what the suite measures is whether the rule was learned.
 """
 
 from __future__ import annotations
@@ -125,6 +129,22 @@ def write_landing(
     return written
 
 
+SUITE_SEED_OFFSET = 10_000  # suite tasks come from their own random stream
+
+
+def write_eval_suite(landing: Path, count: int = 300, seed: int = 0) -> Path:
+    """Write ``count`` generated tasks as the ``demo`` eval suite under ``landing/evals``."""
+    suite = landing / "evals" / "demo"
+    suite.mkdir(parents=True, exist_ok=True)
+    path = suite / f"tasks-seed{seed}-n{count}.jsonl"
+    with path.open("w", encoding="utf-8") as f:
+        for record in generate_records(count, seed=seed + SUITE_SEED_OFFSET):
+            task = parse_task(record["text"])
+            assert task is not None, "generated records are tasks"
+            f.write(json.dumps({"prompt": task.prompt, "expected": task.answer}) + "\n")
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -135,9 +155,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--defects", action="store_true", help="add malformed records and one bad file"
     )
+    parser.add_argument(
+        "--suite-examples", type=int, default=300, help="tasks in the demo eval suite (0: none)"
+    )
     args = parser.parse_args(argv)
     for path in write_landing(args.landing, args.records, args.seed, args.defects):
         print(path)
+    if args.suite_examples > 0:
+        print(write_eval_suite(args.landing, args.suite_examples, args.seed))
 
 
 if __name__ == "__main__":

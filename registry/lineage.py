@@ -25,9 +25,21 @@ class Lineage:
     config_hash: str
     code_version: str
     model_sha256: str
+    init: str = ""  # "warm_start" (fine-tuned from parent_version) or "scratch"; "" unknown
+    parent_version: str = ""
+    seed: str = ""
 
     def tags(self) -> dict[str, str]:
-        return {
+        extra = {
+            f"lineage.{k}": v
+            for k, v in (
+                ("init", self.init),
+                ("parent_version", self.parent_version),
+                ("seed", self.seed),
+            )
+            if v
+        }
+        return extra | {
             "lineage.data_path": self.data_path,
             "lineage.data_version": "" if self.data_version is None else str(self.data_version),
             "lineage.training_run_id": self.training_run_id,
@@ -75,6 +87,8 @@ def lineage_of(
     training_run_id: str = "",
     data_path: str | None = None,
     data_version: int | None = None,
+    init: str = "",
+    parent_version: str = "",
 ) -> Lineage:
     """Lineage from ``training_summary.json`` in ``model_dir``; explicit arguments win."""
     summary_path = model_dir / "training_summary.json"
@@ -87,4 +101,7 @@ def lineage_of(
         config_hash=str(summary.get("config_hash") or ""),
         code_version=code_version(),
         model_sha256=model_digest(model_dir),
+        init=init,
+        parent_version=parent_version,
+        seed="" if summary.get("seed") is None else str(summary["seed"]),
     )

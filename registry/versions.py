@@ -57,7 +57,24 @@ def gate_tags(report: EvaluationReport) -> dict[str, str]:
         "gate.champion_version": report.champion_version or "none",
         "eval.data_version": str(report.data_version),
         "eval.examples": str(report.examples),
+        "eval.suites": ",".join(report.suites) or "none",
+        "gate.verdict": report.decision.verdict,
+        "gate.basis": report.decision.basis,
+        "gate.inconclusive_policy": report.decision.config.inconclusive_policy,
+        "gate.evidence": report.decision.evidence()[:4000],
     }
+    test = report.decision.comparison
+    if test is not None:
+        tags.update(
+            {
+                "gate.effect": f"{test.loss:.6g}",
+                "gate.ci_low": f"{test.low:.6g}",
+                "gate.ci_high": f"{test.high:.6g}",
+                "gate.margin": f"{test.margin:.6g}",
+                "gate.n": str(test.n),
+                "gate.confidence": f"{test.confidence:.6g}",
+            }
+        )
     tags.update({f"eval.{k}": f"{v:.6g}" for k, v in report.challenger.as_dict().items()})
     return tags
 

@@ -2,7 +2,7 @@
 
     torchrun --nproc-per-node 2 [--max-restarts 3] -m training --data LAKE/corpus \\
         --output DIR --max-steps 300 --checkpoint-every 50 --seed 0 [--engine ddp|deepspeed] \\
-        [--config FILE] [--mlflow URI]
+        [--config FILE] [--mlflow URI] [--init-from PARENT_MODEL_DIR]
 
 Launchers (the Dagster asset, operators' scripts) set ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``:
 with torchrun sharing its rendezvous TCP store with the workers, the automatic restart
@@ -56,6 +56,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="fail a collective that waits longer than this (default 600; a partition "
         "is noticed within it)",
+    )
+    p.add_argument(
+        "--init-from",
+        default=None,
+        help="parent model directory to warm-start from (its tokenizer and weights)",
     )
     return p.parse_args(argv)
 
@@ -130,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             engine=args.engine,
             collective_timeout_s=args.collective_timeout_s,
+            init_from=args.init_from,
         )
     except ValueError as exc:
         if d.rank == 0:

@@ -144,6 +144,9 @@ class TrainConfig:
     #: training. Checkpoint writes and tokenizer training happen between collectives, so
     #: they must fit in it too.
     collective_timeout_s: float = 600.0
+    #: A parent model directory to warm-start from (its tokenizer and weights); ``None``:
+    #: train from scratch.
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         _check(self.max_steps > 0, "max_steps", self.max_steps, "must be a positive step count")
@@ -184,13 +187,16 @@ class TrainConfig:
 
     def results_affecting(self) -> dict[str, Any]:
         """The part of the config that changes the trained weights."""
-        return {
+        out = {
             "model": dataclasses.asdict(self.model),
             "optim": dataclasses.asdict(self.optim),
             "data": dataclasses.asdict(self.data),
             "seed": self.seed,
             "max_steps": self.max_steps,
         }
+        if self.init_from is not None:  # absent otherwise: from-scratch hashes stay as they were
+            out["init_from"] = self.init_from
+        return out
 
     def config_hash(self) -> str:
         canonical = json.dumps(self.results_affecting(), sort_keys=True, separators=(",", ":"))

@@ -2,7 +2,8 @@
 
 Training is deterministic for a corpus and a seed: the sample of records it sees is drawn
 with ``random.Random(seed)`` from the records in record-id order, and the BPE trainer
-itself is deterministic for a fixed input sequence. A post-processor puts ``<|bos|>`` in
+itself is deterministic for a fixed input sequence. Digits are always single tokens. A
+post-processor puts ``<|bos|>`` in
 front of every encoded text, so a prompt tokenized at evaluation time starts like the
 records did in training. The saved directory loads with
 ``AutoTokenizer.from_pretrained(dir)`` without network access; its hash (sha256 of
@@ -33,7 +34,15 @@ def train_tokenizer(
     """Train a byte-level BPE tokenizer on up to ``sample`` of ``texts`` (record-id ordered)."""
     chosen = texts if len(texts) <= sample else random.Random(seed).sample(texts, sample)
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Digits are split one by one before byte-level BPE (as Llama's tokenizer does): with
+    # merged digit runs, "41" and "42" are unrelated symbols and counting or comparing
+    # numbers has to be memorised number by number instead of learned digit by digit.
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

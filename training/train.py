@@ -42,6 +42,7 @@ from training.tokenizer import (
     train_tokenizer,
 )
 from training.tracking import build_tracker
+from training.warm_start import check_parent, load_parent_weights, parent_shapes
 
 log = logging.getLogger("training")
 
@@ -127,8 +128,13 @@ class Trainer:
         version = pinned["data_version"] if pinned else latest_version(self.args.data)
         split = read_train_split(self.args.data, version, cfg.data.text_column)
         have_tokenizer = (self.tok_dir / "tokenizer.json").is_file()
+        parent = Path(cfg.init_from) if cfg.init_from else None
+        if parent is not None:
+            parent_shapes(parent)  # refuses a directory that is not a model
         if have_tokenizer:
             tokenizer = load_tokenizer(self.tok_dir)
+        elif parent is not None:  # the parent's token ids, or its weights mean nothing
+            tokenizer = load_tokenizer(parent)
         else:
             tokenizer = train_tokenizer(
                 split.texts, cfg.model.vocab_size, cfg.seed, cfg.data.tokenizer_sample
@@ -136,6 +142,8 @@ class Trainer:
         blocks = pack(encode_records(tokenizer, split.texts), cfg.data.seq_len)
         check_enough(blocks.shape[0], self.d.world_size, cfg.data.batch_size)
         identity = self._identity(tokenizer, version)
+        if parent is not None:
+            check_parent(parent, identity.shapes)
         found = ck.newest_valid(self.ckpt_dir)
         if found is not None:
             ck.check_compatible(found[0], found[1], identity)
@@ -196,6 +204,9 @@ class Trainer:
         split = read_train_split(self.args.data, plan["version"], cfg.data.text_column)
         blocks = pack(encode_records(tokenizer, split.texts), cfg.data.seq_len)
         model = build_model(cfg.model, len(tokenizer), cfg.seed)
+        if cfg.init_from and not plan["resume"]:  # a resume loads its own checkpoint instead
+            load_parent_weights(model, Path(cfg.init_from))
+            log.info("warm start from %s", cfg.init_from)
         engine = build_engine(model, cfg, d.device, d.world_size)
         identity = self._identity(tokenizer, plan["version"])
         saver = ck.Checkpointer(
@@ -322,6 +333,7 @@ class Trainer:
             "data_version": plan["version"],
             "config_hash": cfg.config_hash(),
             "seed": cfg.seed,
+            "init_from": cfg.init_from,
             "world_size": d.world_size,
             "engine": cfg.engine,
             "restarts": d.restart,

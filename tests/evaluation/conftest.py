@@ -45,3 +45,21 @@ def trained_model(tmp_path_factory) -> Path:
     return build_reference_model(
         tmp_path_factory.getbasetemp() / "reference-trained", ReferenceModelConfig(train_steps=300)
     )
+
+
+def suite_of(corpus: Path, max_examples: int, name: str = "demo"):
+    """The corpus's held-out sample tasks as an in-memory suite (exact match)."""
+    from evaluation.heldout import load_heldout
+    from evaluation.suites import Suite, SuiteExample
+
+    tasks = load_heldout(corpus, 0, max_examples).tasks
+    examples = tuple(
+        SuiteExample(name, f"{i:05d}", task.prompt, task.answer) for i, task in enumerate(tasks)
+    )
+    return Suite(name, str(corpus), 0, examples, len(examples))
+
+
+@pytest.fixture(scope="session")
+def suite_from(corpus):
+    """``suite_from(max_examples)``: held-out tasks of ``corpus`` as a task suite."""
+    return lambda max_examples: suite_of(corpus, max_examples)

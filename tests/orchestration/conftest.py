@@ -41,11 +41,13 @@ class Stack:
         )
 
     def execute_job(
-        self, job: str, config: Path | None = None
+        self, job: str, config: Path | None = None, timeout: float = 600
     ) -> tuple[subprocess.CompletedProcess[str], dg.DagsterRun]:
         """``dagster job execute`` of ``job`` (with a run config file), and the run it made."""
         extra = ["-c", str(config)] if config is not None else []
-        proc = self.dagster("job", "execute", "-m", "orchestration.definitions", "-j", job, *extra)
+        proc = self.dagster(
+            "job", "execute", "-m", "orchestration.definitions", "-j", job, *extra, timeout=timeout
+        )
         with dg.DagsterInstance.from_config(str(self.dagster_home)) as instance:
             runs = instance.get_runs(dg.RunsFilter(job_name=job), limit=1)
         assert runs, f"no run recorded; CLI said:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"

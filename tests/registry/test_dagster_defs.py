@@ -29,7 +29,10 @@ def test_graph_shape():
     assert {"evaluation", "registered_model", "champion"} <= keys
     assert graph.get(registered_model.key).parent_keys == {evaluation.key}
     assert graph.get(champion.key).parent_keys == {registered_model.key}
-    assert graph.get(evaluation.key).parent_keys == {dg.AssetKey("trained_model")}
+    assert graph.get(evaluation.key).parent_keys == {
+        dg.AssetKey("trained_model"),
+        dg.AssetKey("eval_suites"),
+    }
     [check] = registry_domain.defs.asset_checks
     assert next(iter(check.check_specs)).blocking
     assert {j.name for j in registry_domain.defs.jobs} == {"promote", "rollback"}
@@ -43,7 +46,13 @@ def defs(tmp_path, monkeypatch):
         "deploy", selection=dg.AssetSelection.assets(evaluation, registered_model, champion)
     )
     return dg.Definitions(
-        assets=[dg.AssetSpec("trained_model"), evaluation, registered_model, champion],
+        assets=[
+            dg.AssetSpec("trained_model"),
+            dg.AssetSpec("eval_suites"),
+            evaluation,
+            registered_model,
+            champion,
+        ],
         asset_checks=registry_domain.defs.asset_checks,
         jobs=[deploy, *registry_domain.defs.jobs],
         resources={"mlops": MlopsHome(), "mlflow_registry": MlflowResource()},
@@ -78,7 +87,10 @@ def test_evaluate_register_promote_block_and_rollback(defs, variant, untrained_m
         meta = first.asset_materializations_for_node("registered_model")[0].metadata
         assert meta["model_version"].value == "1"
         assert meta["mlflow_run"].value.startswith("http://127.0.0.1:5000/#/experiments/")
-        assert "| exact match |" in meta["comparison"].value
+        assert "| perplexity |" in meta["comparison"].value  # no eval suite: perplexity
+        evaluated = first.asset_materializations_for_node("evaluation")[0].metadata
+        assert evaluated["gate_basis"].value == "perplexity"
+        assert client.version_tags("1")["gate.basis"] == "perplexity"
         assert meta["lineage.data_version"].value == "0"
 
         train(instance, untrained_model, corpus)  # default floors: an untrained model fails

@@ -19,6 +19,7 @@ from pathlib import Path
 import dagster as dg
 import deltalake
 
+from orchestration.defs.registry.resources import MlflowResource
 from orchestration.defs.training import defs
 from orchestration.defs.training.assets import trained_model
 from orchestration.defs.training.resources import TrainingLauncher
@@ -59,7 +60,11 @@ def test_materialize_with_rank0_killed_reports_metadata(
     try:
         result = dg.materialize(
             [trained_model],
-            resources={"mlops": MlopsHome(home=str(home)), "trainer": TrainingLauncher()},
+            resources={
+                "mlops": MlopsHome(home=str(home)),
+                "trainer": TrainingLauncher(),
+                "mlflow_registry": MlflowResource(),
+            },
             run_config=dg.RunConfig(
                 ops={
                     "trained_model": {
@@ -68,6 +73,7 @@ def test_materialize_with_rank0_killed_reports_metadata(
                             "nproc": 2,
                             "checkpoint_every": 10,
                             "seed": 0,
+                            "init": "scratch",
                             "config_file": str(tiny_config),
                             "max_restarts": 2,
                         }
@@ -89,6 +95,7 @@ def test_materialize_with_rank0_killed_reports_metadata(
     assert (output / "model" / "model.safetensors").is_file()
     assert meta["data_version"] == deltalake.DeltaTable(str(corpus)).version()
     assert meta["steps"] == 60 and meta["restarts"] == 1
+    assert (meta["seed"], meta["seed_pinned"], meta["init"]) == (0, True, "scratch")
     assert meta["final_loss"] > 0 and meta["tokens_per_s"] > 0 and meta["wall_time_s"] > 0
     assert meta["loss_curve"].startswith("![loss curve](data:image/png;base64,")
     assert meta["loss_curve_path"] == str(output / "loss_curve.png")
@@ -100,7 +107,9 @@ def test_materialize_with_rank0_killed_reports_metadata(
 
 def test_asset_graph():
     # The root definitions provide the shared ``mlops`` resource; stand in for them here.
-    merged = dg.Definitions.merge(defs, dg.Definitions(resources={"mlops": MlopsHome()}))
+    merged = dg.Definitions.merge(
+        defs, dg.Definitions(resources={"mlops": MlopsHome(), "mlflow_registry": MlflowResource()})
+    )
     repo = merged.get_repository_def()
     spec = repo.assets_defs_by_key[dg.AssetKey("trained_model")]
     assert spec.group_names_by_key[dg.AssetKey("trained_model")] == "training"
@@ -131,3 +140,11 @@ def test_launch_command_sets_the_restart_fix():
         "2",
     ]
     assert launcher.env()["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1"
+
+
+def test_unpinned_seed_varies_across_runs_and_is_stable_within_one():
+    from orchestration.defs.training.parent import run_seed
+
+    seeds = {run_seed(f"run-{i}") for i in range(50)}
+    assert len(seeds) == 50 and all(0 <= s < 2**31 for s in seeds)
+    assert run_seed("run-7") == run_seed("run-7")  # a retry of the run resumes its checkpoints

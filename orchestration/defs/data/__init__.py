@@ -1,4 +1,4 @@
-"""Dagster definitions of the data layer: ingestion, quarantine, the split, the landing sensor."""
+"""Dagster definitions of the data layer: ingestion, quarantine, the split, eval suites, the landing sensor."""
 
 from __future__ import annotations
 
@@ -7,18 +7,22 @@ import dagster as dg
 from orchestration.jobs import LAKE_WRITER_TAGS
 
 from .assets import corpus_split, ingest_landing_files
+from .evals import eval_suites
 from .sensors import landing_zone_sensor
 from .stream import StreamResource, stream_commits_sensor, stream_consumer_lag
 
 ingest_job = dg.define_asset_job(
     "ingest",
-    selection=dg.AssetSelection.assets(ingest_landing_files, corpus_split),
-    description="Ingest new landing files into the corpus and quarantine, then report the split.",
+    selection=dg.AssetSelection.assets(ingest_landing_files, corpus_split, eval_suites),
+    description=(
+        "Ingest new landing files into the corpus and quarantine, then report the split; "
+        "ingest new eval-suite files."
+    ),
     tags=LAKE_WRITER_TAGS,
 )
 
 defs = dg.Definitions(
-    assets=[ingest_landing_files, corpus_split],
+    assets=[ingest_landing_files, corpus_split, eval_suites],
     jobs=[ingest_job],
     sensors=[landing_zone_sensor],
 )

@@ -14,6 +14,7 @@ registered artifact by its digest, and promoting the current champion is a no-op
 """
 
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 
@@ -35,15 +36,20 @@ from registry.promotion import alias_history
 from .resources import MlflowResource
 
 TRAINED_MODEL = dg.AssetKey("trained_model")
+EVAL_SUITES = dg.AssetKey("eval_suites")
 
 
 OWNERS = ["team:ml-platform"]
 
 
-def latest_metadata(context: dg.AssetExecutionContext, key: dg.AssetKey) -> tuple[dict, str]:
+def latest_metadata(
+    context: dg.AssetExecutionContext, key: dg.AssetKey, required: bool = True
+) -> tuple[dict, str]:
     """(metadata values, run id) of the latest materialization of ``key``."""
     event = context.instance.get_latest_materialization_event(key)
     if event is None or event.asset_materialization is None:
+        if not required:
+            return {}, ""
         raise dg.Failure(
             f"{key.to_user_string()} has never been materialized; materialize it first"
         )
@@ -58,12 +64,25 @@ def registry_failure(exc: Exception) -> dg.Failure:
 
 class EvaluationRunConfig(dg.Config):
     max_examples: int = 200
-    """Held-out tasks (and texts) scored per model."""
+    """Held-out texts scored per model (perplexity)."""
+    max_suite_examples: int = 1000
+    """Examples per task suite scored per model (ordered by example id, then cut)."""
     max_new_tokens: int = 16
     min_exact_match: float = GateConfig.min_exact_match
-    max_perplexity: float = GateConfig.max_perplexity
+    """Accuracy floor on the task suites (only when there are suites)."""
+    max_perplexity: float | None = None
+    """Perplexity ceiling; empty: half the vocabulary size (what uniform guessing scores x 0.5)."""
     exact_match_tolerance: float = GateConfig.exact_match_tolerance
+    """Non-inferiority margin against the champion, accuracy points (basis: task suites)."""
     perplexity_tolerance: float = GateConfig.perplexity_tolerance
+    """Non-inferiority margin against the champion, relative perplexity (basis: perplexity)."""
+    confidence: float = GateConfig.confidence
+    """One-sided confidence of each bound of the paired test."""
+    min_examples: int = GateConfig.min_examples
+    """Fewer paired examples than this: the verdict is inconclusive."""
+    inconclusive_policy: Literal["keep_champion", "require_force"] = "keep_champion"
+    """Inconclusive verdict: keep the champion (run succeeds, nothing rolls out), or fail the
+    run until an operator promotes the version with `promote` and a `force_reason`."""
 
     def to_domain(self):
         from evaluation.metrics import MetricsConfig
@@ -71,17 +90,23 @@ class EvaluationRunConfig(dg.Config):
 
         return EvaluationConfig(
             max_examples=self.max_examples,
+            max_suite_examples=self.max_suite_examples,
             metrics=MetricsConfig(max_new_tokens=self.max_new_tokens),
             gate=GateConfig(
                 min_exact_match=self.min_exact_match,
                 max_perplexity=self.max_perplexity,
                 exact_match_tolerance=self.exact_match_tolerance,
                 perplexity_tolerance=self.perplexity_tolerance,
+                confidence=self.confidence,
+                min_examples=self.min_examples,
+                inconclusive_policy=self.inconclusive_policy,
             ),
         )
 
 
-@dg.asset(group_name="registry", deps=[TRAINED_MODEL], kinds={"pytorch"}, owners=OWNERS)
+@dg.asset(
+    group_name="registry", deps=[TRAINED_MODEL, EVAL_SUITES], kinds={"pytorch"}, owners=OWNERS
+)
 def evaluation(
     context: dg.AssetExecutionContext,
     config: EvaluationRunConfig,
@@ -93,9 +118,18 @@ def evaluation(
     if "model_path" not in trained:
         raise dg.Failure("trained_model materialization lacks the model_path metadata")
     from evaluation.report import evaluate  # torch loads only when a model is scored
+    from evaluation.suites import load_suites
 
     workdir = mlops.path("evaluation", context.run_id)
     try:
+        domain = config.to_domain()
+        # the suite versions eval_suites reported (pinned), so a suite file landing during
+        # the run does not change what this evaluation scores
+        suites_meta, _ = latest_metadata(context, EVAL_SUITES, required=False)
+        pinned = {
+            k: v for k, v in (suites_meta.get("suite_versions") or {}).items() if v is not None
+        }
+        suites = load_suites(mlops.lake() / "evals", domain.max_suite_examples, pinned)
         client = mlflow_registry.client()
         champion = client.aliases().get(CHAMPION)
         champion_dir = (
@@ -105,37 +139,58 @@ def evaluation(
             trained["model_path"],
             trained.get("data_path") or mlops.lake() / "corpus",
             trained.get("data_version"),
-            config.to_domain(),
+            domain,
             champion_dir=champion_dir,
             champion_version=champion,
+            suites=suites,
         )
     except (RegistryError, ValueError) as exc:
         raise registry_failure(exc) from exc
     path = report.write(workdir / "report.json")
     context.log.info(report.markdown())
-    # the champion's figures as numbers too, so the UI plots both models run over run
-    champion_metrics = (
-        {
-            "champion_exact_match": report.champion.exact_match,
-            "champion_perplexity": report.champion.perplexity,
-        }
-        if report.champion
-        else {}
-    )
     return dg.MaterializeResult(
         metadata={
             "report_path": str(path),
             "model_path": str(trained["model_path"]),
             "training_run_id": training_run,
             "data_version": report.data_version,
-            "gate_passed": report.decision.passed,
-            "exact_match": report.challenger.exact_match,
-            "perplexity": report.challenger.perplexity,
             "champion_version": champion or "none",
-            **champion_metrics,
+            **evaluation_metadata(report),
             "comparison": dg.MetadataValue.md(report.markdown()),
         }
     )
+
+
+def evaluation_metadata(report) -> dict:
+    """The verdict, its evidence, the suites used and both models' figures, as metadata."""
+    decision, test = report.decision, report.decision.comparison
+    meta = {
+        "gate_passed": decision.passed,
+        "gate_verdict": decision.verdict,
+        "gate_basis": decision.basis,
+        "gate_evidence": decision.evidence(),
+        "suites": ", ".join(report.suites) or "none",
+        "examples": report.examples,
+        "perplexity": report.challenger.perplexity,
+    }
+    if report.challenger.exact_match is not None:
+        meta["exact_match"] = report.challenger.exact_match
+    if test is not None:
+        meta.update(
+            {
+                "gate_effect": test.loss,
+                "gate_ci_low": test.low,
+                "gate_ci_high": test.high,
+                "gate_margin": test.margin,
+                "gate_n": test.n,
+            }
+        )
+    # the champion's figures as numbers too, so the UI plots both models run over run
+    if report.champion is not None:
+        meta["champion_perplexity"] = report.champion.perplexity
+        if report.champion.exact_match is not None:
+            meta["champion_exact_match"] = report.champion.exact_match
+    return meta
 
 
 @dg.asset(group_name="registry", deps=[evaluation], kinds={"mlflow"}, owners=OWNERS)
@@ -150,8 +205,16 @@ def registered_model(
     model_dir = Path(evaluated["model_path"])
     try:
         client = mlflow_registry.client()
+        trained, _ = latest_metadata(context, TRAINED_MODEL, required=False)
+        if str(trained.get("model_path")) != str(model_dir):  # trained by another run
+            trained = {}
         lineage = lineage_of(
-            model_dir, evaluated.get("training_run_id", ""), report.data_path, report.data_version
+            model_dir,
+            evaluated.get("training_run_id", ""),
+            report.data_path,
+            report.data_version,
+            init=str(trained.get("init", "")),
+            parent_version=str(trained.get("parent_version", "")),
         )
         registered = register_version(
             client, model_dir, report, lineage, actor=f"dagster:{context.run_id}"

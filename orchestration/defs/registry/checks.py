@@ -1,8 +1,12 @@
 """The promotion gate as a blocking asset check on ``registered_model``.
 
-The check reads the verdict back from the registry (the version's ``gate.passed`` tag),
-not from the asset's own output, so it verifies what MLflow actually holds. Blocking: when
-it fails, ``champion`` does not run in the same job.
+The check reads the verdict back from the registry (the version's ``gate.*`` tags), not
+from the asset's own output, so it verifies what MLflow actually holds. Blocking: when it
+fails with ERROR severity (verdict ``failed``, or ``inconclusive`` under the
+``require_force`` policy), nothing downstream runs and the run fails; its description and
+an ERROR log line name the verdict and the evidence (effect, bounds, n). An inconclusive
+verdict under ``keep_champion`` fails with WARN severity: the version never became
+``challenger``, so the rollout is a no-op and the champion keeps serving.
 """
 
 import dagster as dg
@@ -31,12 +35,39 @@ def gate(
     except RegistryError as exc:
         raise registry_failure(exc) from exc
     passed = tags.get("gate.passed") == "true"
+    verdict = tags.get("gate.verdict", "passed" if passed else "failed")
+    policy = tags.get("gate.inconclusive_policy", "keep_champion")
+    # An inconclusive verdict under keep_champion is not a failure of the run: nothing is
+    # promoted (the version never became challenger) and the champion keeps serving.
+    severity = (
+        dg.AssetCheckSeverity.WARN
+        if verdict == "inconclusive" and policy == "keep_champion"
+        else dg.AssetCheckSeverity.ERROR
+    )
+    evidence = tags.get("gate.evidence", "")
+    what = {
+        "passed": "passed the evaluation gate",
+        "failed": "failed the evaluation gate; the champion keeps serving",
+        "inconclusive": (
+            "got an inconclusive verdict; the champion keeps serving"
+            if policy == "keep_champion"
+            else "got an inconclusive verdict; promote it only explicitly: job `promote` with "
+            f"ops.champion.config version {version!r} and a force_reason"
+        ),
+    }[verdict]
+    description = f"version {version} {what}. {evidence}"
+    if not passed:  # the line an operator reads in the run log, before Dagster's own failure
+        log = context.log.error if severity == dg.AssetCheckSeverity.ERROR else context.log.warning
+        log(f"gate verdict {verdict}: {description}")
     return dg.AssetCheckResult(
         passed=passed,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description=f"version {version} {'passed' if passed else 'failed'} the evaluation gate",
+        severity=severity,
+        description=description,
         metadata={
             "model_version": version,
+            "verdict": verdict,
+            "basis": tags.get("gate.basis", "unknown"),
+            "evidence": evidence,
             "reasons": dg.MetadataValue.md(tags.get("gate.reasons", "")),
         },
     )

@@ -77,6 +77,7 @@ class TrainingLauncher(dg.ConfigurableResource):
         max_restarts: int,
         config_file: str | None = None,
         mlflow_uri: str | None = None,
+        init_from: str | None = None,
     ) -> list[str]:
         cmd = [
             self.executable(),
@@ -102,6 +103,8 @@ class TrainingLauncher(dg.ConfigurableResource):
         ]
         if config_file:
             cmd += ["--config", config_file]
+        if init_from:
+            cmd += ["--init-from", init_from]
         if self.mlflow_tracking_uri or mlflow_uri:
             cmd += ["--mlflow", self.mlflow_tracking_uri or mlflow_uri]
         timeout = shutil.which("timeout")
@@ -138,9 +141,12 @@ class TrainingLauncher(dg.ConfigurableResource):
         max_restarts: int,
         config_file: str | None = None,
         mlflow_uri: str | None = None,
+        init_from: str | None = None,
     ) -> list[str]:
         """Write the job spec into ``output`` and return the command of its launcher."""
         extra = ["--engine", engine]
+        if init_from:  # a path every host reads: shared storage, as the corpus is
+            extra += ["--init-from", init_from]
         if self.mlflow_tracking_uri or mlflow_uri:
             extra += ["--mlflow", self.mlflow_tracking_uri or mlflow_uri]
         spec = JobSpec(
