@@ -83,6 +83,7 @@ def test_real_definitions_keep_partners_off_the_critical_path(inventory_stack) -
     assert set(metadata["critical_assets"].split(", ")) == {
         "corpus",
         "corpus_split",
+        "eval_suites",
         "trained_model",
         "evaluation",
         "registered_model",
