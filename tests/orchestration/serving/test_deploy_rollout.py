@@ -78,7 +78,7 @@ def env(tmp_path_factory):
         corpus = home / "lake" / "corpus"
         table = pa.table({"record_id": [record_id(t) for t in texts], "text": texts})
         deltalake.write_deltalake(str(corpus), table)
-        trained = build_reference_model(models / "trained", ReferenceModelConfig(train_steps=300))
+        trained = build_reference_model(models / "trained", ReferenceModelConfig(train_steps=600))
         resources = {
             "mlops": MlopsHome(),
             "mlflow_registry": MlflowResource(),
