@@ -54,10 +54,12 @@ def test_registration_tags_lineage_and_sets_challenger(client, variant, report_f
     assert tags["lineage.model_sha256"] == lineage.model_sha256
     assert tags["lineage.code_version"] != ""
     assert tags["gate.passed"] == "true" and tags["gate.champion_version"] == "none"
-    assert float(tags["eval.exact_match"]) == pytest.approx(report.challenger.exact_match)
+    # no task suite in this corpus: the gate decided on perplexity, and says so
+    assert tags["gate.basis"] == "perplexity"
+    assert float(tags["eval.perplexity"]) == pytest.approx(report.challenger.perplexity, rel=1e-5)
     assert client.aliases() == {CHALLENGER: registered.version}
     run = client.mlflow.get_run(registered.run_id)
-    assert run.data.metrics["eval_exact_match"] == pytest.approx(report.challenger.exact_match)
+    assert run.data.metrics["eval_perplexity"] == pytest.approx(report.challenger.perplexity)
     assert run.data.tags["lineage.training_run_id"] == "dagster-run-42"
     again = register_version(client, model, report, lineage)
     assert (again.version, again.created) == (registered.version, False)
