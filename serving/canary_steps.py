@@ -216,7 +216,9 @@ class StepRunner:
                     f"{comparison.stable_nll:.3f} nats/token over {comparison.texts} texts "
                     f"(difference at least {comparison.lower:.3f}, margin {cfg.max_nll_increase})"
                 )
-            if comparison.verdict == "inconclusive":
+            # With task probes the tasks decide (as the gate's suites do): likelihood then only
+            # vetoes a clear regression, and an undecided comparison does not hold the step.
+            if comparison.verdict == "inconclusive" and not tasks:
                 raise Inconclusive(
                     f"held-out text likelihood cannot tell canary from stable: difference "
                     f"{comparison.mean_diff:.3f} nats/token, interval [{comparison.lower:.3f}, "

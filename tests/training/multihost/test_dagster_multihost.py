@@ -15,6 +15,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from orchestration.defs.registry.resources import MlflowResource
 from orchestration.defs.training.assets import trained_model
 from orchestration.defs.training.resources import TrainingLauncher
 from orchestration.resources import MlopsHome
@@ -35,6 +36,8 @@ def test_multihost_materialization_reports_world_size_changes(
     home = tmp_path / "mlops"
     (home / "lake").mkdir(parents=True)
     os.symlink(corpus, home / "lake" / "corpus")
+    monkeypatch.setenv("MLOPS_HOME", str(home))  # the registry the warm start looks in
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     for key, value in tr.env().items():
         if key in ("OMP_NUM_THREADS", "PYTHONPATH", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
             monkeypatch.setenv(key, value)
@@ -57,7 +60,11 @@ def test_multihost_materialization_reports_world_size_changes(
     try:
         result = dg.materialize(
             [trained_model],
-            resources={"mlops": MlopsHome(home=str(home)), "trainer": trainer},
+            resources={
+                "mlops": MlopsHome(home=str(home)),
+                "trainer": trainer,
+                "mlflow_registry": MlflowResource(),  # no champion there: trains from scratch
+            },
             run_config=dg.RunConfig(
                 ops={
                     "trained_model": {
