@@ -37,7 +37,9 @@ def test_two_process_ddp_run_trains_and_loss_falls(baseline):
     assert summary["steps"] == 60 and summary["world_size"] == 2 and summary["engine"] == "ddp"
     # 16 blocks a step, except the epoch's tail (every block is trained on, none dropped).
     sizes = [records[0]["size"] for records in committed_steps(baseline.output).values()]
-    assert len(sizes) == 60 and set(sizes[:33]) == {16} and 0 < sizes[33] < 16
+    # (how many steps an epoch takes depends on the tokenizer; 60 steps span under 2 epochs)
+    tails = [size for size in sizes if size != 16]
+    assert len(sizes) == 60 and len(tails) <= 1 and all(0 < size < 16 for size in tails)
     assert summary["tokens"] == sum(sizes) * 32
     losses = [loss for _, loss in summary["loss_history"]]
     assert len(losses) == 60
