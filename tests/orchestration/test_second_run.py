@@ -41,8 +41,8 @@ from serving.stack import ROUTE, admin_token, engine_name, status
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 RECORDS_PER_BATCH = 2000
-# Fewer steps than the demo recipe's 1500 keep three runs within the test's time; the path
-# (warm start, paired gate, canary) is the same.
+# Fewer steps than the demo recipe's 1500 for the warm-started second run keep three runs
+# within the test's time; the path (warm start, paired gate, canary) is the same.
 STEPS = 500
 PROMPT = format_record("what comes after 41?", "").rstrip()
 # Short canary windows: the rollout logic is the same, the demo's 5 s holds only cost time.
@@ -114,7 +114,11 @@ def test_new_data_challenger_replaces_champion_and_a_worse_one_does_not(stack, t
         write_landing(stack.landing, count=RECORDS_PER_BATCH, seed=0)
         write_eval_suite(stack.landing, count=300, seed=0)
         proc, run = stack.execute_job(
-            "train_and_deploy", run_config(tmp_path, "run1", STEPS), timeout=1500
+            # the first champion trains the demo recipe's full steps: at 500 steps a seed's
+            # suite accuracy sits at the gate's 0.03 floor, and the seed varies per run
+            "train_and_deploy",
+            run_config(tmp_path, "run1", None),
+            timeout=1500,
         )
         assert proc.returncode == 0 and run.status == dg.DagsterRunStatus.SUCCESS, proc.stderr
         first_version = corpus_version(stack)
