@@ -171,10 +171,11 @@ class SharedState:
         if self.advertise_url is not None and now - self._beat >= self.policy.heartbeat_s:
             self.store.heartbeat(self.replica_id, self.advertise_url, self.version)
             self._beat = now
-        if not self._connected:
+        if self._stale_since is not None:
             log.warning(
-                "gateway state store %s reachable (version %s)",
+                "gateway state store %s back after %.1f s; serving version %s",
                 self.store.description,
+                now - self._stale_since,
                 self.version,
             )
         self._connected, self._last_ok = True, now
