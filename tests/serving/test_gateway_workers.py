@@ -1,10 +1,11 @@
 """Contract: ``python -m serving.gateway --workers 2`` runs two full gateway processes on one
 port sharing the state file: both register a private URL, an admin change made through the
 shared port is in force on both within 1 s, and a SIGKILLed worker is restarted while the
-other keeps serving on the port.
+other keeps serving on the port. ``python -m serving up --gateway-workers 2`` starts such a
+gateway in front of the engine.
 
-Real processes: the gateway with its worker parent, and a fake OpenAI upstream
-(``python -m serving.partners.fake --kind openai``).
+Real processes: the gateway with its worker parent, a fake OpenAI upstream
+(``python -m serving.partners.fake --kind openai``), and the supervised stack.
 """
 
 from __future__ import annotations
@@ -101,3 +102,23 @@ def test_two_workers_share_the_port_and_converge(spawn, helpers, tmp_path):
             time.sleep(0.5)  # the dead worker ages out of the registry, the new one joins
     finally:
         upstream.stop()
+
+
+def test_serving_up_runs_the_gateway_with_workers(helpers, random_model_dir, tmp_path):
+    import json
+
+    home = tmp_path / "home"
+    done = helpers.serving_cli(
+        home, "up", "--model", str(random_model_dir), "--gateway-workers", "2"
+    )
+    try:
+        assert done.returncode == 0, done.stderr
+        url = json.loads(done.stdout)["gateway"]["url"]
+        admin = GatewayAdmin(url, helpers.admin_token)
+        assert len(_replicas(admin, 2)) == 2
+        for w in admin.replicas():  # each worker serves the route registered through one
+            assert ROUTE in _state(w["url"], helpers.admin_token)["routes"]
+        body = {"model": ROUTE, "prompt": "hi", "max_tokens": 2}
+        assert httpx.post(f"{url}/v1/completions", json=body, timeout=30).status_code == 200
+    finally:
+        helpers.serving_cli(home, "down", timeout_s=60)
