@@ -12,7 +12,8 @@ state store. Per-replica observations are gathered from every live replica in th
 the counters, :meth:`GatewayAdmin.fleet_breakers` reports a breaker open if any replica has
 it open, and :meth:`GatewayAdmin.partners` gives each partner the fleet state by majority
 (see :func:`fleet_partner_state`). A replica that does not answer within the timeout is left
-out of that reading (its counters died with it, or come back with the next one).
+out of that reading, and a restarted replica counts from zero again, so a window that spans
+a replica's death or restart undercounts (a breach check sees fewer errors, never more).
 """
 
 from __future__ import annotations
