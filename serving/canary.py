@@ -145,7 +145,7 @@ def check_canary_health(
     canary = route and route.get("canary")
     if not canary:
         return HealthVerdict(True)
-    if state["breakers"].get(canary) == "open":
+    if admin.fleet_breakers().get(canary) == "open":  # on any replica of the fleet
         return HealthVerdict(False, f"canary {canary} circuit breaker open")
     problem = _health_problem(state["backends"][canary]["url"])
     if problem is not None:

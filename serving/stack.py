@@ -220,7 +220,10 @@ def up(
     port: int | None = None,
     engine: EngineKind = "embedded",
     timeout_s: float | None = None,
+    gateway_workers: int = 1,
 ) -> dict:
+    if gateway_workers < 1:
+        raise StackError(f"--gateway-workers must be >= 1, got {gateway_workers}")
     paths = StackPaths.under(mlops_home)
     token = admin_token(mlops_home)
     if not (Path(model_dir) / "config.json").is_file():
@@ -229,6 +232,7 @@ def up(
     with paths.edit_desired() as desired:
         if not desired.get("gateway"):
             desired["gateway"] = {"host": "127.0.0.1", "port": gateway_port(paths, port)}
+        desired["gateway"]["workers"] = gateway_workers
     if supervisor_pid(paths) is None:
         paths.log("supervisor").parent.mkdir(parents=True, exist_ok=True)
         with paths.log("supervisor").open("ab") as out:

@@ -201,6 +201,8 @@ class Supervisor:
                 str(spec["port"]),
                 "--state",
                 str(self.paths.gateway_state),
+                "--workers",
+                str(spec.get("workers", 1)),
             ]
             with log_path.open("ab") as out:
                 child.process = subprocess.Popen(

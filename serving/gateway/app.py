@@ -4,18 +4,20 @@
 straight to :class:`~serving.gateway.proxy.Proxy`, skipping routing and middleware (the hot
 path is benchmarked); everything else goes to the FastAPI app. The
 admin API under ``/admin`` needs ``Authorization: Bearer $MLOPS_GATEWAY_ADMIN_TOKEN``; with
-no token configured it refuses every call rather than running open. Each admin change is
-persisted before it is acknowledged, so an acknowledged change survives a restart. Every
+no token configured it refuses every call rather than running open. Each admin change is a
+transaction on the latest stored state (``shared_state.py``: a file, or PostgreSQL shared by
+every replica) and is persisted before it is acknowledged, so an acknowledged change
+survives a restart and reaches every replica; with the store unreachable it is a 503. Every
 name in an admin path (backend, route, partner, fallback route) must match
 :data:`~serving.gateway.routing.NAME_RULE`; anything else is a 400 quoting the rule (the
 paths take the rest of the URL, newlines included, as the name, so an encoded ``/`` or
 ``\n`` reaches that check too).
 
-Client API keys (``/admin/keys``, see ``keys.py``) live in the same state file, hashed;
+Client API keys (``/admin/keys``, see ``keys.py``) live in the same state, hashed;
 ``require_api_keys`` turns them on for every OpenAI call.
 
 Partners and fallback routes (``/admin/partners``, ``/admin/fallback-routes``) live in the
-same state file as backends and routes. At start the gateway restores that state, then
+same state as backends and routes. At start the gateway restores that state, then
 upserts what the serving config declares (pins and admin-API additions stay). A background
 task started in the lifespan probes partners and re-evaluates their health.
 """
@@ -48,7 +50,8 @@ from serving.gateway.metrics import GatewayMetrics
 from serving.gateway.partner_proxy import PartnerProxy
 from serving.gateway.proxy import Proxy
 from serving.gateway.routing import RoutingTable, check_name
-from serving.gateway.state import StateStore
+from serving.gateway.shared_state import SharedState, SyncPolicy
+from serving.gateway.state_store import open_state_store
 from serving.gateway.upstream import UpstreamPool
 from serving.partners.adapters import adapter_for
 from serving.partners.config import ServingConfig
@@ -79,6 +82,11 @@ register_url_convertor("admin_name", _AnyName())
 class GatewayConfig:
     state_path: Path
     admin_token: str | None
+    state_url: str | None = None  # postgresql://...: state shared by replicas; else the file
+    state_table: str = "gateway_state"
+    state_schema: str = "public"
+    advertise_url: str | None = None  # this process' private URL for the replica registry
+    sync: SyncPolicy = field(default_factory=SyncPolicy)
     max_body_bytes: int = 1 << 20
     breaker_threshold: int = 3
     breaker_cooldown_s: float = 5.0
@@ -152,19 +160,16 @@ def create_app(config: GatewayConfig) -> GatewayASGI:
     )
     partners = PartnerTable(table, config.partner_policy)
     keys = KeyTable(required=config.require_api_keys)
-    store = StateStore(config.state_path)
-    saved = store.load()
-    table.load_dict(saved)
-    partners.load_dict(saved)
-    keys.load_dict(saved)
-
-    def save() -> None:
-        store.save({**table.to_dict(), **partners.to_dict(), **keys.to_dict()})
-
-    if config.serving_config is not None:
-        _apply_config(partners, config.serving_config)
-        save()
+    store = open_state_store(
+        config.state_url, config.state_path, config.state_table, config.state_schema
+    )
+    shared = SharedState(store, table, partners, keys, config.advertise_url, config.sync)
+    serving_config = config.serving_config
+    shared.load(
+        None if serving_config is None else lambda _t, p, _k: _apply_config(p, serving_config)  # type: ignore[arg-type]
+    )
     metrics = GatewayMetrics(table, partners=partners)
+    metrics.registry.register(shared.collector())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -172,6 +177,7 @@ def create_app(config: GatewayConfig) -> GatewayASGI:
             max_connections=config.max_connections, max_keepalive_connections=config.max_connections
         )
         pool = UpstreamPool(max_connections=config.max_connections)
+        shared.start(asyncio.get_running_loop())
         async with httpx.AsyncClient(limits=limits, http2=False) as client:
             proxy = Proxy(table, metrics, pool, config.max_body_bytes, keys=keys)
             proxy.partners = PartnerProxy(proxy, partners, metrics, client, adapter_for)
@@ -184,14 +190,16 @@ def create_app(config: GatewayConfig) -> GatewayASGI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
                 await pool.aclose()
+                await asyncio.to_thread(shared.stop)
 
     app = FastAPI(title="sovereign-mlops gateway", docs_url=None, redoc_url=None, lifespan=lifespan)
 
     install_error_handlers(app)
 
     @app.get("/health")
-    async def health() -> Response:
-        return Response(status_code=200)
+    async def health() -> JSONResponse:
+        """Always 200 while the process serves: a stale state still serves traffic."""
+        return JSONResponse(shared.health())
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -217,14 +225,19 @@ def create_app(config: GatewayConfig) -> GatewayASGI:
             raise Unauthorized("missing or wrong admin token (Authorization: Bearer ...)")
 
     def state() -> dict:
-        return {**table.to_dict(), **partners.to_dict(), "breakers": table.breakers()}
+        return {
+            **table.to_dict(),
+            **partners.to_dict(),
+            "breakers": table.breakers(),
+            "version": shared.version,
+        }
 
-    def commit() -> dict:
-        save()
+    async def commit(op) -> dict:
+        await shared.change(op)
         return state()
 
-    def commit_partners() -> dict:
-        save()
+    async def commit_partners(op) -> dict:
+        await shared.change(op)
         return partners.status()
 
     admin = [Depends(authorize)]
@@ -233,38 +246,49 @@ def create_app(config: GatewayConfig) -> GatewayASGI:
     async def read_state() -> dict:
         return state()
 
+    @app.get("/admin/replicas", dependencies=admin)
+    async def read_replicas() -> dict:
+        """Live gateway processes sharing this state, each with its private URL."""
+        return {"self": shared.replica_id, "replicas": await shared.replicas()}
+
     @app.put("/admin/backends/{name:admin_name}", dependencies=admin)
     async def put_backend(name: str, body: BackendIn) -> dict:
         check_name(name, "backend name")
-        table.put_backend(name, body.url, body.timeout_s, body.model, body.max_concurrency)
-        return commit()
+        return await commit(
+            lambda t, _p, _k: t.put_backend(
+                name, body.url, body.timeout_s, body.model, body.max_concurrency
+            )
+        )
 
     @app.delete("/admin/backends/{name:admin_name}", dependencies=admin)
     async def delete_backend(name: str) -> dict:
-        table.remove_backend(name)
-        return commit()
+        return await commit(lambda t, _p, _k: t.remove_backend(name))
 
     @app.put("/admin/routes/{name:admin_name}", dependencies=admin)
     async def put_route(name: str, body: RouteIn) -> dict:
         check_name(name, "route name")
-        taken = partners.names_in_use(name)
-        if taken not in (None, "local route"):
-            raise InvalidRequest(f"{name!r} is already a {taken}; pick another name", "name")
-        table.put_route(name, body.stable, body.canary, body.canary_weight)
-        return commit()
+
+        def op(t: RoutingTable, p: PartnerTable, _k) -> None:
+            taken = p.names_in_use(name)
+            if taken not in (None, "local route"):
+                raise InvalidRequest(f"{name!r} is already a {taken}; pick another name", "name")
+            t.put_route(name, body.stable, body.canary, body.canary_weight)
+
+        return await commit(op)
 
     @app.delete("/admin/routes/{name}", dependencies=admin)
     async def delete_route(name: str) -> dict:
-        table.remove_route(name)
-        return commit()
+        return await commit(lambda t, _p, _k: t.remove_route(name))
 
     @app.post("/admin/routes/{name}/weight", dependencies=admin)
     async def set_weight(name: str, body: WeightIn) -> dict:
-        route = table.routes.get(name)
-        if route is None:
-            raise InvalidRequest(f"no route named {name!r}", "name")
-        table.put_route(name, route.stable, route.canary, body.canary_weight)
-        return commit()
+        def op(t: RoutingTable, _p, _k) -> None:
+            route = t.routes.get(name)
+            if route is None:
+                raise InvalidRequest(f"no route named {name!r}", "name")
+            t.put_route(name, route.stable, route.canary, body.canary_weight)
+
+        return await commit(op)
 
     @app.get("/admin/keys", dependencies=admin)
     async def read_keys() -> dict:
@@ -274,14 +298,12 @@ def create_app(config: GatewayConfig) -> GatewayASGI:
     async def create_key(name: str, body: KeyIn) -> dict:
         """A new key for ``name`` (replacing any old one); the key is shown only here."""
         check_name(name, "key name")
-        secret = keys.create(name, body.rpm, body.tpm)
-        save()
+        secret = await shared.change(lambda _t, _p, k: k.create(name, body.rpm, body.tpm))
         return {"name": name, "key": secret, **keys.status()["keys"][name]}
 
     @app.delete("/admin/keys/{name:admin_name}", dependencies=admin)
     async def delete_key(name: str) -> dict:
-        keys.remove(name)
-        save()
+        await shared.change(lambda _t, _p, k: k.remove(name))
         return keys.status()
 
     @app.get("/admin/partners", dependencies=admin)
@@ -291,31 +313,29 @@ def create_app(config: GatewayConfig) -> GatewayASGI:
     @app.put("/admin/partners/{name:admin_name}", dependencies=admin)
     async def put_partner(name: str, body: dict) -> dict:
         check_name(name, "partner name")
-        partners.put_partner(_partner_spec(name, body))
-        return commit_partners()
+        spec = _partner_spec(name, body)
+        return await commit_partners(lambda _t, p, _k: p.put_partner(spec))
 
     @app.delete("/admin/partners/{name:admin_name}", dependencies=admin)
     async def delete_partner(name: str) -> dict:
-        partners.remove_partner(name)
-        return commit_partners()
+        return await commit_partners(lambda _t, p, _k: p.remove_partner(name))
 
     @app.put("/admin/fallback-routes/{name:admin_name}", dependencies=admin)
     async def put_fallback_route(name: str, body: FallbackRouteIn) -> dict:
         check_name(name, "fallback route name")
-        partners.put_fallback_route(name, body.order)
-        return commit_partners()
+        return await commit_partners(lambda _t, p, _k: p.put_fallback_route(name, body.order))
 
     @app.post("/admin/fallback-routes/{name}/pin", dependencies=admin)
     async def pin(name: str, body: PinIn) -> dict:
-        partners.pin(name, body.target, body.reason)
+        view = await commit_partners(lambda _t, p, _k: p.pin(name, body.target, body.reason))
         log.warning("fallback route %s pinned to %s: %s", name, body.target, body.reason)
-        return commit_partners()
+        return view
 
     @app.delete("/admin/fallback-routes/{name}/pin", dependencies=admin)
     async def unpin(name: str) -> dict:
-        partners.unpin(name)
+        view = await commit_partners(lambda _t, p, _k: p.unpin(name))
         log.warning("fallback route %s unpinned", name)
-        return commit_partners()
+        return view
 
     return GatewayASGI(app)
 

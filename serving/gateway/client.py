@@ -4,6 +4,16 @@ and the partner failover jobs.
 Synchronous (its callers are control loops, not request paths); every call has a timeout and
 a bounded retry on connection errors and 5xx, since the gateway may be restarting. 4xx is
 never retried: it means the request itself is wrong, and :class:`AdminError` says why.
+
+Fleet view: the gateway may run as several replicas sharing one state (``--workers``,
+replicas behind a load balancer). Writes go to any replica and reach all of them through the
+state store. Per-replica observations are gathered from every live replica in the registry
+(``GET /admin/replicas``, each with a private URL): :meth:`GatewayAdmin.backend_stats` sums
+the counters, :meth:`GatewayAdmin.fleet_breakers` reports a breaker open if any replica has
+it open, and :meth:`GatewayAdmin.partners` gives each partner the fleet state by majority
+(see :func:`fleet_partner_state`). A replica that does not answer within the timeout is left
+out of that reading, and a restarted replica counts from zero again, so a window that spans
+a replica's death or restart undercounts (a breach check sees fewer errors, never more).
 """
 
 from __future__ import annotations
@@ -138,8 +148,16 @@ class GatewayAdmin:
         return self._call("GET", "/admin/keys")
 
     def partners(self) -> dict:
-        """Partners with their health, and fallback routes with their pins."""
-        return self._call("GET", "/admin/partners")
+        """Partners with their fleet health (:func:`fleet_partner_state`; ``replicas`` holds
+        each replica's own state), and fallback routes with their pins."""
+        views = [r.json() for r in self._each_replica("/admin/partners", auth=True)]
+        merged = views[0]
+        for name in merged.get("partners", {}):
+            seen = [v["partners"][name] for v in views if name in v.get("partners", {})]
+            state = fleet_partner_state([p["state"] for p in seen])
+            chosen = next(p for p in seen if p["state"] == state)
+            merged["partners"][name] = {**chosen, "replicas": [p["state"] for p in seen]}
+        return merged
 
     def put_partner(self, name: str, spec: dict) -> dict:
         """``spec`` is ``PartnerSpec.to_dict()``: the key's variable name, never the key."""
@@ -161,26 +179,88 @@ class GatewayAdmin:
     def unpin(self, route: str) -> dict:
         return self._call("DELETE", f"/admin/fallback-routes/{_seg(route)}/pin")
 
+    def replicas(self) -> list[dict]:
+        """Live replicas sharing this gateway's state (``id``, private ``url``, ...); empty
+        when none registered (a gateway without a reachable private URL)."""
+        return self._call("GET", "/admin/replicas")["replicas"]
+
+    def _replica_urls(self) -> list[str]:
+        try:
+            urls = [r["url"] for r in self.replicas()]
+        except AdminError:  # store down: the one replica we reach still answers
+            urls = []
+        return urls or [self.url]
+
+    def _each_replica(self, path: str, auth: bool) -> list[httpx.Response]:
+        headers = self._headers if auth else None
+        answers = []
+        for url in self._replica_urls():
+            try:
+                response = httpx.get(url + path, timeout=self.timeout_s, headers=headers)
+            except httpx.HTTPError:
+                continue  # a replica that died since its last heartbeat
+            if response.status_code == 200:
+                answers.append(response)
+        if not answers:
+            raise AdminError(0, f"no gateway replica answered GET {path}")
+        return answers
+
+    def fleet_breakers(self) -> dict[str, str]:
+        """Each backend's worst breaker state over live replicas (open > half_open > closed)."""
+        rank = {"closed": 0, "half_open": 1, "open": 2}
+        worst: dict[str, str] = {}
+        for response in self._each_replica("/admin/state", auth=True):
+            for name, state in response.json()["breakers"].items():
+                if rank.get(state, 0) >= rank.get(worst.get(name, "closed"), 0):
+                    worst[name] = state
+        return worst
+
     def backend_stats(self, route: str) -> dict[str, BackendStats]:
-        """Scrape ``/metrics`` and return cumulative stats per backend of ``route``."""
-        text = httpx.get(f"{self.url}/metrics", timeout=self.timeout_s).text
+        """Cumulative stats per backend of ``route``, summed over every live replica."""
         requests: dict[str, float] = {}
         errors: dict[str, float] = {}
-        buckets: dict[str, list[tuple[float, float]]] = {}
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                if s.labels.get("route") != route:
-                    continue
-                backend = s.labels.get("backend", "")
-                if s.name == "gateway_backend_requests_total":
-                    requests[backend] = requests.get(backend, 0.0) + s.value
-                elif s.name == "gateway_backend_errors_total":
-                    errors[backend] = errors.get(backend, 0.0) + s.value
-                elif s.name == "gateway_backend_latency_seconds_bucket":
-                    buckets.setdefault(backend, []).append((float(s.labels["le"]), s.value))
+        buckets: dict[str, dict[float, float]] = {}
+        for response in self._each_replica("/metrics", auth=False):
+            _add_samples(response.text, route, requests, errors, buckets)
         return {
             b: BackendStats(
-                requests.get(b, 0.0), errors.get(b, 0.0), tuple(sorted(buckets.get(b, [])))
+                requests.get(b, 0.0), errors.get(b, 0.0), tuple(sorted(buckets.get(b, {}).items()))
             )
             for b in set(requests) | set(errors) | set(buckets)
         }
+
+
+SEVERITY = ("healthy", "degraded", "down")
+
+
+def fleet_partner_state(states: list[str]) -> str:
+    """The worst state a strict majority of replicas report at or above: one replica that
+    sees a partner down (its own path to it, its own bad luck) does not move the fleet, and
+    each replica still routes around the partner on its own view; a majority does."""
+    for state in reversed(SEVERITY):
+        at_least = sum(SEVERITY.index(s) >= SEVERITY.index(state) for s in states)
+        if at_least * 2 > len(states):
+            return state
+    return SEVERITY[0]
+
+
+def _add_samples(
+    text: str,
+    route: str,
+    requests: dict[str, float],
+    errors: dict[str, float],
+    buckets: dict[str, dict[float, float]],
+) -> None:
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.labels.get("route") != route:
+                continue
+            backend = s.labels.get("backend", "")
+            if s.name == "gateway_backend_requests_total":
+                requests[backend] = requests.get(backend, 0.0) + s.value
+            elif s.name == "gateway_backend_errors_total":
+                errors[backend] = errors.get(backend, 0.0) + s.value
+            elif s.name == "gateway_backend_latency_seconds_bucket":
+                le = float(s.labels["le"])
+                per = buckets.setdefault(backend, {})
+                per[le] = per.get(le, 0.0) + s.value

@@ -143,6 +143,16 @@ class KeyTable:
         for name, k in data.get("api_keys", {}).items():
             self._put(ClientKey(name, k["sha256"], k.get("rpm"), k.get("tpm"), k.get("created", 0)))
 
+    def replace_dict(self, data: dict) -> None:
+        """Become exactly ``data``; a key whose hash is unchanged keeps its last-minute usage."""
+        fresh = KeyTable(self.required, clock=self.clock)
+        fresh.load_dict(data)
+        for name, key in fresh.keys.items():
+            old = self.keys.get(name)
+            if old is not None and old.digest == key.digest:
+                key.requests, key.tokens = old.requests, old.tokens
+        self.keys, self._by_digest = fresh.keys, fresh._by_digest
+
     def _put(self, key: ClientKey) -> None:
         old = self.keys.get(key.name)
         if old is not None:

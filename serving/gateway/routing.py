@@ -15,7 +15,9 @@ request is shed with 429. A shed is the gateway's choice, not the backend's faul
 never touches the breaker. Names of backends, routes and partners follow :data:`NAME_RULE`,
 checked at the admin API.
 
-The table is plain data with ``to_dict``/``from_dict``; persistence lives in ``state.py``.
+The table is plain data with ``to_dict``/``load_dict``; ``replace_dict`` adopts a new stored
+state while keeping each unchanged backend's breaker and slots. Persistence lives in
+``state_store.py``.
 """
 
 from __future__ import annotations
@@ -242,6 +244,23 @@ class RoutingTable:
             )
         for name, r in data.get("routes", {}).items():
             self.put_route(name, r["stable"], r.get("canary"), r.get("canary_weight", 0.0))
+
+    def replace_dict(self, data: dict) -> None:
+        """Become exactly ``data``; a backend whose URL is unchanged keeps its breaker and
+        its requests in flight (runtime state is per replica, never stored)."""
+        fresh = RoutingTable(
+            breaker_threshold=self.breaker_threshold,
+            breaker_cooldown_s=self.breaker_cooldown_s,
+            max_concurrency=self.max_concurrency,
+        )
+        fresh.load_dict(data)
+        for name, backend in fresh.backends.items():
+            old = self.backends.get(name)
+            if old is not None and old.url == backend.url:
+                limit = backend.slots.limit
+                backend.breaker, backend.slots = old.breaker, old.slots
+                backend.slots.limit = limit
+        self.backends, self.routes = fresh.backends, fresh.routes
 
     def _breaker(self) -> CircuitBreaker:
         return CircuitBreaker(self.breaker_threshold, self.breaker_cooldown_s)

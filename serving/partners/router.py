@@ -164,6 +164,17 @@ class PartnerTable:
                 r.get("pinned_reason"),
             )
 
+    def replace_dict(self, data: dict) -> None:
+        """Become exactly ``data`` (after the routing table adopted its part); a partner whose
+        spec is unchanged keeps its live health."""
+        fresh = PartnerTable(self.routing, self.policy, wall=self.wall)
+        fresh.load_dict(data)
+        for name, partner in fresh.partners.items():
+            old = self.partners.get(name)
+            if old is not None and old.spec == partner.spec:
+                fresh.partners[name] = old
+        self.partners, self.fallback_routes = fresh.partners, fresh.fallback_routes
+
     def _route(self, name: str) -> FallbackRoute:
         route = self.fallback_routes.get(name)
         if route is None:

@@ -1,7 +1,8 @@
 """Contract: each cluster workload is started the way the product expects.
 
-Gateway: ``python -m serving.gateway --host 0.0.0.0 --port P`` with the admin token from a
-Secret, its state volume at $MLOPS_HOME/serving, scraped by Prometheus, behind a PDB. vLLM:
+Gateway: ``python -m serving.gateway --host 0.0.0.0 --port P --advertise-host $(POD_IP)`` with
+the admin token and the PostgreSQL state URL from Secrets and no state volume, three replicas
+rolled one at a time, a PDB keeping two, an autoscaler on CPU, scraped by Prometheus. vLLM:
 ``vllm serve /models/<alias> --served-model-name sovereign-lm --port P``, stable on the
 champion and canary on the challenger, one GPU each, one Service each. MLflow: the
 manifest's own ``mlflow server`` arguments, run for real on loopback (SQLite and a local
@@ -48,27 +49,44 @@ def test_gateway_command_state_and_scraping(manifests):
         "0.0.0.0",
         "--port",
         str(port),
+        "--advertise-host",
+        "$(POD_IP)",
     ]
-    token = next(e for e in c["env"] if e["name"] == "MLOPS_GATEWAY_ADMIN_TOKEN")
-    assert token["valueFrom"]["secretKeyRef"]["name"] == "gateway-admin"
-    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
-    volumes = {v["name"]: v for v in gateway.body["spec"]["template"]["spec"]["volumes"]}
-    state = next(
-        n
-        for n, v in volumes.items()
-        if v.get("persistentVolumeClaim", {}).get("claimName") == "gateway-state"
-    )
-    assert mounts[state] == f"{_mlops_home(manifests)}/serving"
+    env = {e["name"]: e for e in c["env"]}
+    assert env["MLOPS_GATEWAY_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "gateway-admin"
+    state = env["MLOPS_GATEWAY_STATE_URL"]["valueFrom"]["secretKeyRef"]
+    assert state == {"name": "gateway-state", "key": "MLOPS_GATEWAY_STATE_URL"}
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
     annotations = gateway.body["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == str(port)
     assert annotations["prometheus.io/path"] == "/metrics"
-    assert (
-        manifests.get("PodDisruptionBudget", "gateway")
-        .body["spec"]["selector"]["matchLabels"]
-        .items()
-        <= gateway.body["spec"]["template"]["metadata"]["labels"].items()
-    )
+
+
+def test_gateway_scales_out_without_a_state_volume(manifests):
+    gateway = manifests.get("Deployment", "gateway")
+    spec = gateway.body["spec"]
+    assert spec["replicas"] == 3
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    volumes = spec["template"]["spec"]["volumes"]
+    assert all("persistentVolumeClaim" not in v for v in volumes)
+    assert [d.name for d in manifests.of_kind("PersistentVolumeClaim")].count("gateway-state") == 0
+    labels = spec["template"]["metadata"]["labels"].items()
+    pdb = manifests.get("PodDisruptionBudget", "gateway").body["spec"]
+    assert pdb["minAvailable"] == 2 and "maxUnavailable" not in pdb
+    assert pdb["selector"]["matchLabels"].items() <= labels
+    hpa = manifests.get("HorizontalPodAutoscaler", "gateway").body["spec"]
+    assert hpa["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "gateway",
+    }
+    assert hpa["minReplicas"] == spec["replicas"] > pdb["minAvailable"]
+    assert hpa["maxReplicas"] > hpa["minReplicas"]
+    assert _container(gateway)["resources"]["requests"]["cpu"]  # utilisation needs a request
 
 
 @pytest.mark.parametrize(("track", "alias"), [("stable", "champion"), ("canary", "challenger")])

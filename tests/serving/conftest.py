@@ -271,6 +271,7 @@ def helpers():
         ThreadServer=ThreadServer,
         admin_token=ADMIN_TOKEN,
         serving_cli=serving_cli,
+        HAProxy=HAProxy,
     )
 
 
@@ -416,3 +417,141 @@ def plain_model_dirs(tmp_path_factory, plain_texts) -> tuple[Path, Path]:
     tokenizer.save_pretrained(random_dir)
     _build_model(random_dir, tokenizer, seed=5).save_pretrained(random_dir)
     return trained, random_dir
+
+
+# -- a gateway fleet: a private PostgreSQL server and HAProxy in front of replicas ------------
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of its own (initdb in a temp dir, run as ``postgres``), so a test
+    can stop and restart it without touching the machine's shared server."""
+
+    def __init__(self, port: int) -> None:
+        import glob
+        import tempfile
+
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+        assert bins, "PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin"
+        self.bin = Path(bins[-1]).parent
+        self.port = port
+        self.root = Path(tempfile.mkdtemp(prefix="mlops-pg-"))
+        self.data = self.root / "data"
+        self.url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+    def _as_postgres(self, *args: str, timeout_s: float = 60) -> None:
+        command = ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else list(args)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+        assert done.returncode == 0, f"{args[0]} failed: {done.stderr[-2000:]}"
+
+    def init(self) -> PrivatePostgres:
+        import shutil
+
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres")
+        self._as_postgres(
+            str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres"
+        )
+        return self.start()
+
+    def start(self) -> PrivatePostgres:
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off"
+        self._as_postgres(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "30",
+            "-l",
+            str(self.root / "server.log"),
+            "start",
+        )
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def destroy(self) -> None:
+        import shutil
+
+        if (self.data / "postmaster.pid").exists():
+            self.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def private_postgres() -> Iterator[PrivatePostgres]:
+    server = PrivatePostgres(free_port()).init()
+    yield server
+    server.destroy()
+
+
+class HAProxy:
+    """Debian's haproxy in front of gateway replicas: health checks on ``/health``, retries
+    of refused connections and empty answers on another replica."""
+
+    def __init__(self, servers: list[str], root: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config = root / "haproxy.cfg"
+        lines = "\n".join(
+            f"    server {name} {address} check inter 200ms fall 2 rise 2"
+            for name, address in zip(("g0", "g1", "g2", "g3", "g4"), servers, strict=False)
+        )
+        self.config.write_text(
+            f"""global
+    maxconn 2000
+    log stdout format raw local0 info
+defaults
+    mode http
+    log global
+    option httplog
+    # a fresh server connection per request: a request sent on a reused idle connection to
+    # a replica that just died is answered by closing the client's connection, not retried
+    option http-server-close
+    # the whole body read before a server is picked, so the request can be replayed
+    option http-buffer-request
+    timeout connect 1s
+    timeout client 30s
+    timeout server 30s
+    retries 3
+    option redispatch 1
+    retry-on conn-failure empty-response response-timeout
+frontend fe
+    bind 127.0.0.1:{self.port}
+    default_backend gateways
+backend gateways
+    balance roundrobin
+    option httpchk GET /health
+    http-check expect status 200
+{lines}
+"""
+        )
+        self.log = root / "haproxy.log"
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> HAProxy:
+        import shutil
+
+        binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        assert Path(binary).exists(), "haproxy not installed: run scripts/ensure_haproxy.sh"
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [binary, "-db", "-f", str(self.config)], stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return self
+            except OSError:
+                assert self.proc.poll() is None, self.log.read_text()[-2000:]
+                assert time.monotonic() < deadline, "haproxy did not start listening"
+                time.sleep(0.1)
+
+    def __exit__(self, *exc) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
