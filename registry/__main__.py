@@ -19,6 +19,7 @@ import getpass
 import json
 import sys
 
+from registry.aliases import CHAMPION
 from registry.client import RegistryClient
 from registry.config import MODEL_NAME, RegistryConfig
 from registry.errors import RegistryError, RegistryUnavailableError
@@ -31,7 +32,6 @@ from registry.promotion import (
     rollback,
     settled_history,
 )
-from registry.versions import CHAMPION
 
 
 def _line(e: HistoryEntry) -> str:

@@ -35,6 +35,7 @@ import os
 import signal
 from dataclasses import dataclass
 
+from registry.aliases import CHALLENGER, CHAMPION, PREVIOUS
 from registry.client import RegistryClient
 from registry.errors import (
     GateNotPassedError,
@@ -44,7 +45,6 @@ from registry.errors import (
 )
 from registry.history import AliasHistory, AliasMove, history_url
 from registry.locking import registry_lock
-from registry.versions import CHALLENGER, CHAMPION, PREVIOUS
 
 PENDING_TAG = "promotion.pending"
 LAST_ROLLBACK_TAG = "rollback.last"

@@ -30,11 +30,11 @@ from mlflow.models import infer_signature
 
 from registry.client import RegistryClient
 from registry.lineage import Lineage, model_digest
+from registry.promotion import set_challenger
 
 if TYPE_CHECKING:  # keeps torch out of the CLI's and the promotion path's imports
     from evaluation.report import EvaluationReport
 
-CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous-champion"
 _PYFUNC_SOURCE = Path(__file__).with_name("pyfunc_model.py")  # never imported here: MLflow runs it
 MODEL_DIR_ARTIFACT = "model_dir"  # the artifact name pyfunc_model.py loads
 # Declared so that ``max_new_tokens`` is accepted at predict time (MLflow drops undeclared params).
@@ -233,8 +233,6 @@ def register_version(
             "set_model_version_tag", client.mlflow.set_model_version_tag, name, version, key, value
         )
     if report.decision.passed:
-        from registry.promotion import set_challenger  # promotion.py imports this module
-
         set_challenger(client, str(version), actor, {"gate": gate_tags(report)})
     return RegisteredVersion(
         version=str(version), run_id=run_id, created=created, gate_passed=report.decision.passed
