@@ -20,6 +20,7 @@ from registry.errors import (
 )
 from registry.lineage import Lineage, lineage_of
 from registry.promotion import AliasChange, ForcedPromotion, promote, recover, rollback
+from registry.tags import RollbackTags, set_version_tags
 from registry.versions import RegisteredVersion, download_model_dir, register_version
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "RegistryError",
     "RegistryInconsistentError",
     "RegistryUnavailableError",
+    "RollbackTags",
     "RollbackUnavailableError",
     "download_model_dir",
     "lineage_of",
@@ -46,4 +48,5 @@ __all__ = [
     "recover",
     "register_version",
     "rollback",
+    "set_version_tags",
 ]

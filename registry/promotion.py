@@ -45,6 +45,7 @@ from registry.errors import (
 )
 from registry.history import AliasHistory, AliasMove, history_url
 from registry.locking import registry_lock
+from registry.tags import RollbackTags, set_version_tags
 
 PENDING_TAG = "promotion.pending"
 LAST_ROLLBACK_TAG = "rollback.last"
@@ -109,14 +110,6 @@ def _set_alias(client: RegistryClient, alias: str, version: str) -> None:
     )
 
 
-def _set_version_tags(client: RegistryClient, version: str, tags: dict[str, str]) -> None:
-    name = client.config.model_name
-    for key, value in tags.items():
-        client.call(
-            "set_model_version_tag", client.mlflow.set_model_version_tag, name, version, key, value
-        )
-
-
 def _verify(client: RegistryClient, champion: str, previous: str | None) -> dict[str, str]:
     aliases = client.aliases()
     if aliases.get(CHAMPION) != champion or (previous and aliases.get(PREVIOUS) != previous):
@@ -154,9 +147,10 @@ def promote(
             f"(gate.passed={tags.get('gate.passed')!r}): {tags.get('gate.reasons', '')!r}; "
             "promote it only with an explicit forced promotion and a reason"
         )
-    if "rollback.reason" in tags and force is None:
+    rolled_back = RollbackTags.from_tags(tags)
+    if rolled_back is not None and force is None:
         raise GateNotPassedError(
-            f"version {version} of {name} was rolled back ({tags['rollback.reason']!r}); "
+            f"version {version} of {name} was rolled back ({rolled_back.reason!r}); "
             "promote it again only with an explicit forced promotion and a reason"
         )
     if expected_champion is _UNSET:
@@ -213,7 +207,7 @@ def promote(
         }
         if force is not None:
             promotion_tags["promotion.force_reason"] = force.reason
-        _set_version_tags(client, version, promotion_tags)
+        set_version_tags(client, version, promotion_tags)
         if current is not None:
             _set_alias(client, PREVIOUS, current)
         _fault("promote:after-previous-champion")
@@ -279,14 +273,9 @@ def rollback(
             [AliasMove(CHAMPION, current, previous)], actor, "rollback", reason, evidence
         )
         at = _now()
-        tags = {
-            "rollback.reason": reason,
-            "rollback.by": actor,
-            "rollback.at": at,
-            "rollback.to": previous,
-        }
         if current is not None:
-            _set_version_tags(client, current, tags)
+            rolled_back = RollbackTags(reason=reason, by=actor, at=at, to=previous)
+            set_version_tags(client, current, rolled_back.tags())
         record = {"from": current, "to": previous, "by": actor, "at": at, "reason": reason}
         client.call(
             "set_registered_model_tag",

@@ -34,7 +34,7 @@ from orchestration.defs.registry.assets import history_table
 from orchestration.defs.registry.resources import MlflowResource
 from orchestration.jobs import ROLLOUT_TAGS
 from orchestration.resources import MlopsHome
-from registry import CHALLENGER, CHAMPION, RegistryError, promote
+from registry import CHALLENGER, CHAMPION, RegistryError, RollbackTags, promote
 from registry.versions import ModelIntegrityError, fetch_model_dir
 from serving.canary import (
     CanaryConfig,
@@ -50,7 +50,6 @@ from serving.stack import ROUTE, StackError, engine_name
 
 from .resources import ServingStack
 from .rollout import (
-    ROLLBACK_REASON_TAG,
     ProbeDataError,
     RolloutRecord,
     load_probes,
@@ -160,15 +159,15 @@ def deployment(
             admin = serving_stack.serve(home, fetch_model_dir(client, champion, models))
             why = "no challenger" if challenger is None else f"v{champion} already champion"
             meta = _metadata("noop", f"{why}; v{champion} serves", challenger, champion)
-        elif ROLLBACK_REASON_TAG in (tags := client.version_tags(challenger)):
+        elif (rolled_back := RollbackTags.from_tags(client.version_tags(challenger))) is not None:
             if champion is None:
                 raise dg.Failure(
                     f"the only candidate, v{challenger}, was rolled back "
-                    f"({tags[ROLLBACK_REASON_TAG]!r}) and there is no champion to serve"
+                    f"({rolled_back.reason!r}) and there is no champion to serve"
                 )
             admin = serving_stack.serve(home, fetch_model_dir(client, champion, models))
             reason = (
-                f"v{challenger} was rolled back before ({tags[ROLLBACK_REASON_TAG]}); register "
+                f"v{challenger} was rolled back before ({rolled_back.reason}); register "
                 "a new model or force its promotion"
             )
             meta = _metadata("noop", reason, challenger, champion)
@@ -324,9 +323,9 @@ def _interrupted(admin, fleet, client, challenger, canary, champion, exc) -> Can
     """The rollout raised. If the health sensor rolled the canary back meanwhile, that is the
     outcome; otherwise send traffic back to stable, retire the canary and fail."""
     route = admin.state()["routes"].get(ROUTE) or {}
-    recorded = client.version_tags(challenger).get(ROLLBACK_REASON_TAG)
-    if route.get("canary") is None and recorded:
-        return CanaryResult("rolled_back", recorded, canary, route.get("stable", ""), [])
+    recorded = RollbackTags.from_tags(client.version_tags(challenger))
+    if route.get("canary") is None and recorded is not None and recorded.reason:
+        return CanaryResult("rolled_back", recorded.reason, canary, route.get("stable", ""), [])
     rollback(admin, ROUTE, fleet)
     fleet.stop(canary)  # also an engine that never became healthy enough to be routed to
     raise dg.Failure(
