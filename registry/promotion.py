@@ -22,17 +22,17 @@ is a no-op; the reason is tagged on the version that was rolled back. Every move
 history with its actor, kind, reason and evidence; each operation first settles history
 rows a crashed move left pending.
 
-Set ``MLOPS_REGISTRY_FAULT`` to a fault point name (``promote:after-previous-champion``,
-``promote:after-champion``, ``rollback:after-tags``) to have the process SIGKILL itself
-there: the crash-recovery tests drive a real crash through it.
+Test seam: ``promote`` and ``rollback`` take an optional ``at_step`` callback, called with
+the name of each point between writes (``promote:after-previous-champion``,
+``promote:after-champion``, ``rollback:after-tags``). Production passes none; the
+crash-recovery tests pass one that SIGKILLs the process there (``testing.registry_crash``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from registry.aliases import CHALLENGER, CHAMPION, PREVIOUS
@@ -49,7 +49,8 @@ from registry.tags import RollbackTags, set_version_tags
 
 PENDING_TAG = "promotion.pending"
 LAST_ROLLBACK_TAG = "rollback.last"
-FAULT_ENV = "MLOPS_REGISTRY_FAULT"
+#: Called with the name of each point between a move's writes; see the module docstring.
+StepHook = Callable[[str], None]
 _UNSET = object()
 
 
@@ -70,11 +71,6 @@ class AliasChange:
     champion: str | None
     previous_champion: str | None
     message: str
-
-
-def _fault(point: str) -> None:
-    if os.environ.get(FAULT_ENV) == point:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _now() -> str:
@@ -130,6 +126,7 @@ def promote(
     kind: str = "promotion",
     reason: str = "",
     evidence: dict | None = None,
+    at_step: StepHook | None = None,
 ) -> AliasChange:
     """Make ``version`` the champion; see the module docstring for the protocol.
 
@@ -210,9 +207,11 @@ def promote(
         set_version_tags(client, version, promotion_tags)
         if current is not None:
             _set_alias(client, PREVIOUS, current)
-        _fault("promote:after-previous-champion")
+        if at_step is not None:
+            at_step("promote:after-previous-champion")
         _set_alias(client, CHAMPION, version)
-        _fault("promote:after-champion")
+        if at_step is not None:
+            at_step("promote:after-champion")
         aliases = _verify(client, version, current)
         history.complete(move)
         client.call(
@@ -251,7 +250,11 @@ def recover(client: RegistryClient, actor: str) -> AliasChange | None:
 
 
 def rollback(
-    client: RegistryClient, reason: str, actor: str, evidence: dict | None = None
+    client: RegistryClient,
+    reason: str,
+    actor: str,
+    evidence: dict | None = None,
+    at_step: StepHook | None = None,
 ) -> AliasChange:
     """Point ``champion`` back at ``previous-champion``; a no-op when already there."""
     if not reason.strip():
@@ -284,7 +287,8 @@ def rollback(
             LAST_ROLLBACK_TAG,
             json.dumps(record),
         )
-        _fault("rollback:after-tags")
+        if at_step is not None:
+            at_step("rollback:after-tags")
         _set_alias(client, CHAMPION, previous)
         aliases = _verify(client, previous, previous)
         history.complete(move)

@@ -1,4 +1,4 @@
-"""The product packages import one another without a cycle.
+"""The product packages import one another without a cycle, and never the test package.
 
 Builds the import graph of every module under the product packages by parsing their
 source with `ast` (module-level and function-level imports both count; imports under
@@ -65,17 +65,24 @@ def _imported_names(tree: ast.AST, module: str, is_package: bool) -> set[str]:
     return names
 
 
+def all_imports() -> dict[str, set[str]]:
+    """Product module -> every module name its import statements may refer to."""
+    imports: dict[str, set[str]] = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            module = _module_name(path)
+            tree = ast.parse(path.read_text(), filename=str(path))
+            imports[module] = _imported_names(tree, module, path.name == "__init__.py")
+    return imports
+
+
 def import_graph() -> dict[str, set[str]]:
-    """Module -> the product modules it imports (a package counts as its __init__)."""
-    sources = {
-        _module_name(path): path for package in PACKAGES for path in (ROOT / package).rglob("*.py")
+    """Module -> the product modules it imports (a package is its ``__init__``)."""
+    imports = all_imports()
+    return {
+        module: {name for name in names if name in imports and name != module}
+        for module, names in imports.items()
     }
-    graph: dict[str, set[str]] = {}
-    for module, path in sources.items():
-        tree = ast.parse(path.read_text(), filename=str(path))
-        imported = _imported_names(tree, module, path.name == "__init__.py")
-        graph[module] = {name for name in imported if name in sources and name != module}
-    return graph
 
 
 def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -122,6 +129,15 @@ def test_graph_sees_the_product_modules() -> None:
 def test_cycle_finder_names_a_cycle() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert find_cycles(graph) == [["a", "b", "c"]]
+
+
+def test_product_never_imports_the_test_package() -> None:
+    """Fakes and fault hooks live in ``testing/``, which does not ship."""
+    offenders = {
+        module: sorted(n for n in names if n == "testing" or n.startswith("testing."))
+        for module, names in all_imports().items()
+    }
+    assert not {m: n for m, n in offenders.items() if n}
 
 
 def test_product_packages_have_no_import_cycle() -> None:
