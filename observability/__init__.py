@@ -1,1 +1,1 @@
-"""Logging shared by every process of the product; imports neither Dagster nor torch."""
+"""What every process of the product shares: logging and bounded retry; imports neither Dagster nor torch."""
