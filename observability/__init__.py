@@ -1,1 +1,1 @@
-"""What every process of the product shares: logging and bounded retry; imports neither Dagster nor torch."""
+"""What every process of the product shares: logging, bounded retry and its settings ($MLOPS_HOME); imports neither Dagster nor torch."""

@@ -13,7 +13,7 @@ import sys
 from openai import OpenAI
 
 from ingestion.sample import format_record
-from orchestration.resources import default_home
+from observability.settings import mlops_home
 from registry import CHAMPION, Lineage
 from registry.client import RegistryClient
 from registry.config import RegistryConfig
@@ -23,7 +23,7 @@ PROMPT = format_record("what comes after 41?", "").rstrip()
 
 
 def main() -> int:
-    home = default_home()
+    home = mlops_home()
     config = RegistryConfig.resolve(home)
     client = RegistryClient(config)
     aliases = client.aliases()
