@@ -1,7 +1,7 @@
 """Partner failover: how fast ``auto`` stops sending traffic to a failing partner.
 
 ``python benchmarks/partner_failover.py`` starts a tiny random-weight engine as the
-sovereign model, a fake Anthropic-style partner (``python -m serving.partners.fake``) and
+sovereign model, a fake Anthropic-style partner (``python -m testing.partners.fake``) and
 the gateway (``python -m serving.gateway`` with its default partner health rules; active
 probes every 1 s), all as subprocesses on loopback. An open-loop load sends 20 requests/s
 to ``auto`` = [partner, sovereign-lm] and, as the baseline in the same run, 5 requests/s
@@ -115,7 +115,7 @@ class Partner:
     def start(self) -> None:
         self.proc = self.procs.start(
             "partner",
-            "serving.partners.fake",
+            "testing.partners.fake",
             "--kind",
             "anthropic",
             "--name",

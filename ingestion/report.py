@@ -68,7 +68,3 @@ class IngestReport:
     @property
     def quarantined(self) -> int:
         return sum(f.quarantined for f in self.files)
-
-    @property
-    def rejected_files(self) -> list[FileReport]:
-        return [f for f in self.files if f.status == "rejected"]

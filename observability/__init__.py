@@ -1,1 +1,1 @@
-"""Logging shared by every process of the product; imports neither Dagster nor torch."""
+"""What every process of the product shares: logging, bounded retry and its settings ($MLOPS_HOME); imports neither Dagster nor torch."""

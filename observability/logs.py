@@ -84,11 +84,6 @@ def bind(**fields: Any) -> None:
             _bound[name] = value
 
 
-def set_model_version(version: str | None) -> None:
-    """The model version this process serves, on every line from now on."""
-    bind(model_version=version)
-
-
 def current_context() -> dict[str, Any]:
     """The context fields known here: process-wide values overridden by context variables."""
     values = dict(_bound)

@@ -18,6 +18,8 @@ from typing import Protocol
 
 import httpx
 
+from observability.retry import exponential, retry_call
+
 log = logging.getLogger(__name__)
 
 
@@ -58,20 +60,31 @@ class WebhookNotifier:
     backoff_s: float = 0.5
 
     def notify(self, alert: Alert) -> None:
-        last = ""
-        for attempt in range(self.attempts):
-            try:
-                response = httpx.post(self.url, json=asdict(alert), timeout=self.timeout_s)
-                if response.status_code < 300:
-                    return
-                last = f"HTTP {response.status_code}"
-            except httpx.HTTPError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            if attempt + 1 < self.attempts:
-                time.sleep(self.backoff_s * 2**attempt)
+        def post() -> None:
+            response = httpx.post(self.url, json=asdict(alert), timeout=self.timeout_s)
+            if response.status_code >= 300:
+                raise _Refused(f"HTTP {response.status_code}")
+
+        try:
+            retry_call(
+                post,
+                attempts=self.attempts,
+                delay_s=exponential(self.backoff_s),
+                retry_on=lambda exc: isinstance(exc, (httpx.HTTPError, _Refused)),
+            )
+        except _Refused as exc:
+            last = str(exc)
+        except httpx.HTTPError as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        else:
+            return
         raise WebhookError(
             f"webhook {self.url} refused the alert after {self.attempts} attempts ({last})"
         )
+
+
+class _Refused(Exception):
+    """The webhook answered, but not with a 2xx."""
 
 
 def record_and_notify(alert: Alert, record_file: Path, notifiers: list[Notifier]) -> list[str]:

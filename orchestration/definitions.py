@@ -12,6 +12,7 @@ import warnings
 
 import dagster as dg
 
+from observability.settings import Settings
 from orchestration.defs import data, ops, partners, registry, serving, training
 from orchestration.jobs import LAKE_WRITER_TAGS, ROLLOUT_TAGS
 from orchestration.resources import MlopsHome
@@ -45,13 +46,21 @@ train_and_deploy = dg.define_asset_job(
 )
 
 
-defs = dg.Definitions.merge(
-    data.defs,
-    data.stream_defs,
-    training.defs,
-    registry.defs,
-    serving.defs,
-    partners.defs,
-    ops.defs,
-    dg.Definitions(jobs=[train, train_and_deploy], resources={"mlops": MlopsHome()}),
-)
+def build_definitions(settings: Settings) -> dg.Definitions:
+    """The whole code location; ``settings`` fix what Dagster fixes at definition time (the
+    sensors' intervals)."""
+    return dg.Definitions.merge(
+        data.defs,
+        data.build_stream_defs(settings),
+        training.defs,
+        registry.defs,
+        serving.defs,
+        partners.build_defs(settings),
+        ops.defs,
+        dg.Definitions(jobs=[train, train_and_deploy], resources={"mlops": MlopsHome()}),
+    )
+
+
+# Dagster loads the code location from this name: the settings are read here, once, when
+# the definitions are built, and nowhere at import of the domain modules.
+defs = build_definitions(Settings.from_env())

@@ -7,14 +7,11 @@ so a code location loaded once serves runs with different homes (tests rely on t
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import dagster as dg
 
-
-def default_home() -> Path:
-    return Path(os.environ.get("MLOPS_HOME", ".mlops")).expanduser().resolve()
+from observability.settings import home_from, mlops_home
 
 
 class MlopsHome(dg.ConfigurableResource):
@@ -28,7 +25,7 @@ class MlopsHome(dg.ConfigurableResource):
     landing_dir: str | None = None
 
     def root(self) -> Path:
-        return Path(self.home).expanduser().resolve() if self.home else default_home()
+        return home_from(self.home) if self.home else mlops_home()
 
     def landing(self) -> Path:
         if self.landing_dir:

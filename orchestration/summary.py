@@ -13,8 +13,8 @@ import sys
 from openai import OpenAI
 
 from ingestion.sample import format_record
-from orchestration.resources import default_home
-from registry import CHAMPION
+from observability.settings import mlops_home
+from registry import CHAMPION, Lineage
 from registry.client import RegistryClient
 from registry.config import RegistryConfig
 from serving.stack import ROUTE, status
@@ -23,12 +23,12 @@ PROMPT = format_record("what comes after 41?", "").rstrip()
 
 
 def main() -> int:
-    home = default_home()
+    home = mlops_home()
     config = RegistryConfig.resolve(home)
     client = RegistryClient(config)
     aliases = client.aliases()
     champion = aliases.get(CHAMPION)
-    tags = client.version_tags(champion) if champion else {}
+    lineage = Lineage.from_tags(client.version_tags(champion) if champion else {})
     stack = status(home)
     gateway = (stack.get("gateway") or {}).get("url") if stack.get("running") else None
 
@@ -45,8 +45,8 @@ def main() -> int:
     print(f"registry:    {config.model_name} aliases {aliases or '(none)'}")
     if champion:
         print(
-            f"champion:    version {champion}, data version {tags.get('lineage.data_version', '?')}"
-            f", training run {tags.get('lineage.training_run_id', '?')}"
+            f"champion:    version {champion}, data version {'?' if lineage.data_version is None else lineage.data_version}"
+            f", training run {lineage.training_run_id or '?'}"
         )
     if not gateway:
         print(

@@ -6,6 +6,7 @@ for canary), ``champion`` (serving), ``previous-champion`` (rollback target).
 aliases under a lock, ``download_model_dir`` fetches a version's Hugging Face directory.
 """
 
+from registry.aliases import CHALLENGER, CHAMPION, PREVIOUS
 from registry.client import RegistryClient
 from registry.config import MODEL_NAME, RegistryConfig
 from registry.errors import (
@@ -19,14 +20,8 @@ from registry.errors import (
 )
 from registry.lineage import Lineage, lineage_of
 from registry.promotion import AliasChange, ForcedPromotion, promote, recover, rollback
-from registry.versions import (
-    CHALLENGER,
-    CHAMPION,
-    PREVIOUS,
-    RegisteredVersion,
-    download_model_dir,
-    register_version,
-)
+from registry.tags import RollbackTags, set_version_tags
+from registry.versions import RegisteredVersion, download_model_dir, register_version
 
 __all__ = [
     "CHALLENGER",
@@ -45,6 +40,7 @@ __all__ = [
     "RegistryError",
     "RegistryInconsistentError",
     "RegistryUnavailableError",
+    "RollbackTags",
     "RollbackUnavailableError",
     "download_model_dir",
     "lineage_of",
@@ -52,4 +48,5 @@ __all__ = [
     "recover",
     "register_version",
     "rollback",
+    "set_version_tags",
 ]

@@ -19,19 +19,20 @@ import getpass
 import json
 import sys
 
+from registry.aliases import CHAMPION
 from registry.client import RegistryClient
 from registry.config import MODEL_NAME, RegistryConfig
 from registry.errors import RegistryError, RegistryUnavailableError
 from registry.history import HistoryEntry, parse_time
 from registry.promotion import (
     ForcedPromotion,
+    StepHook,
     pending_promotion,
     promote,
     recover,
     rollback,
     settled_history,
 )
-from registry.versions import CHAMPION
 
 
 def _line(e: HistoryEntry) -> str:
@@ -67,7 +68,8 @@ def _history(client: RegistryClient, args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, at_step: StepHook | None = None) -> int:
+    """The CLI; ``at_step`` is the test seam of :mod:`registry.promotion`, None in use."""
     parser = argparse.ArgumentParser(prog="python -m registry", description=__doc__.splitlines()[0])
     parser.add_argument("--actor", default=f"cli:{getpass.getuser()}")
     parser.add_argument("--model", default=MODEL_NAME, help="registered model name")
@@ -94,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
             return _history(client, args)
         if args.command == "promote":
             force = ForcedPromotion(args.force_reason) if args.force_reason else None
-            change = promote(client, args.version, args.actor, force=force)
+            change = promote(client, args.version, args.actor, force=force, at_step=at_step)
         elif args.command == "rollback":
-            change = rollback(client, args.reason, args.actor)
+            change = rollback(client, args.reason, args.actor, at_step=at_step)
         else:
             change = recover(client, args.actor)
         print(change.message if change else "no pending promotion")

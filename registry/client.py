@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -21,6 +20,7 @@ import requests
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from observability.retry import exponential, retry_call
 from registry.config import RegistryConfig
 from registry.errors import RegistryUnavailableError
 
@@ -52,27 +52,29 @@ class RegistryClient:
     def call(self, operation: str, fn: Callable[..., T], *args, **kwargs) -> T:
         """Run ``fn(*args, **kwargs)``, retrying transient failures with exponential backoff."""
         cfg = self.config
-        for attempt in range(1, cfg.attempts + 1):
-            try:
-                return fn(*args, **kwargs)
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                if attempt == cfg.attempts:
-                    raise RegistryUnavailableError(
-                        cfg.tracking_uri, operation, attempt, exc
-                    ) from exc
-                delay = cfg.backoff_s * 2 ** (attempt - 1)
-                log.warning(
-                    "MLflow %s failed (attempt %d/%d), retrying in %.1fs: %s",
-                    operation,
-                    attempt,
-                    cfg.attempts,
-                    delay,
-                    str(exc)[:200],
-                )
-                time.sleep(delay)
-        raise AssertionError("unreachable")
+
+        def retrying(attempt: int, exc: BaseException, delay: float) -> None:
+            log.warning(
+                "MLflow %s failed (attempt %d/%d), retrying in %.1fs: %s",
+                operation,
+                attempt,
+                cfg.attempts,
+                delay,
+                str(exc)[:200],
+            )
+
+        try:
+            return retry_call(
+                lambda: fn(*args, **kwargs),
+                attempts=cfg.attempts,
+                delay_s=exponential(cfg.backoff_s),
+                retry_on=is_transient,
+                on_retry=retrying,
+            )
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            raise RegistryUnavailableError(cfg.tracking_uri, operation, cfg.attempts, exc) from exc
 
     def aliases(self) -> dict[str, str]:
         """alias -> version of the registered model, in one read (a consistent snapshot);

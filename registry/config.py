@@ -24,6 +24,9 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from observability import settings
+from observability.settings import home_from
+
 MODEL_NAME = "sovereign-lm"
 
 
@@ -58,7 +61,7 @@ class RegistryConfig:
     @classmethod
     def resolve(cls, mlops_home: str | Path | None = None, **overrides) -> RegistryConfig:
         """The embedded default under ``$MLOPS_HOME``, or ``MLFLOW_TRACKING_URI`` when set."""
-        home = Path(mlops_home or os.environ.get("MLOPS_HOME", "./.mlops")).resolve()
+        home = home_from(mlops_home) if mlops_home else settings.mlops_home()
         uri = overrides.pop("tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI", "")
         artifact_root = overrides.pop("artifact_root", None)
         if not uri:

@@ -2,6 +2,8 @@
 
 Every registered version carries these as ``lineage.*`` tags, so the question "what was
 this model trained on, by which code, in which run" is answered from the registry alone.
+:meth:`Lineage.tags` writes them and :meth:`Lineage.from_tags` reads them back: no other
+code spells a ``lineage.*`` key.
 The model digest (sha256 over the artifact's files) doubles as the identity that makes
 registration idempotent: registering the same artifact twice finds the first version.
 """
@@ -11,10 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 _DIGEST_FILES = ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json")
+LINEAGE_PREFIX = "lineage."
 
 
 @dataclass(frozen=True)
@@ -29,9 +33,14 @@ class Lineage:
     parent_version: str = ""
     seed: str = ""
 
+    @staticmethod
+    def tag(field_name: str) -> str:
+        """The registry tag key of lineage field ``field_name`` (for search filters)."""
+        return LINEAGE_PREFIX + field_name
+
     def tags(self) -> dict[str, str]:
         extra = {
-            f"lineage.{k}": v
+            self.tag(k): v
             for k, v in (
                 ("init", self.init),
                 ("parent_version", self.parent_version),
@@ -40,13 +49,23 @@ class Lineage:
             if v
         }
         return extra | {
-            "lineage.data_path": self.data_path,
-            "lineage.data_version": "" if self.data_version is None else str(self.data_version),
-            "lineage.training_run_id": self.training_run_id,
-            "lineage.config_hash": self.config_hash,
-            "lineage.code_version": self.code_version,
-            "lineage.model_sha256": self.model_sha256,
+            self.tag("data_path"): self.data_path,
+            self.tag("data_version"): "" if self.data_version is None else str(self.data_version),
+            self.tag("training_run_id"): self.training_run_id,
+            self.tag("config_hash"): self.config_hash,
+            self.tag("code_version"): self.code_version,
+            self.tag("model_sha256"): self.model_sha256,
         }
+
+    @classmethod
+    def from_tags(cls, tags: Mapping[str, str]) -> Lineage:
+        """The inverse of :meth:`tags`, from a version's tags. A missing tag reads as
+        unknown ("" or None), as does a data version that is not a number: versions
+        registered before a field existed still read."""
+        values = {f.name: tags.get(cls.tag(f.name), "") for f in fields(cls)}
+        version = values["data_version"]
+        values["data_version"] = int(version) if version.isdigit() else None
+        return cls(**values)
 
 
 def model_digest(model_dir: Path) -> str:

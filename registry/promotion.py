@@ -22,19 +22,20 @@ is a no-op; the reason is tagged on the version that was rolled back. Every move
 history with its actor, kind, reason and evidence; each operation first settles history
 rows a crashed move left pending.
 
-Set ``MLOPS_REGISTRY_FAULT`` to a fault point name (``promote:after-previous-champion``,
-``promote:after-champion``, ``rollback:after-tags``) to have the process SIGKILL itself
-there: the crash-recovery tests drive a real crash through it.
+Test seam: ``promote`` and ``rollback`` take an optional ``at_step`` callback, called with
+the name of each point between writes (``promote:after-previous-champion``,
+``promote:after-champion``, ``rollback:after-tags``). Production passes none; the
+crash-recovery tests pass one that SIGKILLs the process there (``testing.registry_crash``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from registry.aliases import CHALLENGER, CHAMPION, PREVIOUS
 from registry.client import RegistryClient
 from registry.errors import (
     GateNotPassedError,
@@ -44,11 +45,12 @@ from registry.errors import (
 )
 from registry.history import AliasHistory, AliasMove, history_url
 from registry.locking import registry_lock
-from registry.versions import CHALLENGER, CHAMPION, PREVIOUS
+from registry.tags import RollbackTags, set_version_tags
 
 PENDING_TAG = "promotion.pending"
 LAST_ROLLBACK_TAG = "rollback.last"
-FAULT_ENV = "MLOPS_REGISTRY_FAULT"
+#: Called with the name of each point between a move's writes; see the module docstring.
+StepHook = Callable[[str], None]
 _UNSET = object()
 
 
@@ -69,11 +71,6 @@ class AliasChange:
     champion: str | None
     previous_champion: str | None
     message: str
-
-
-def _fault(point: str) -> None:
-    if os.environ.get(FAULT_ENV) == point:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _now() -> str:
@@ -109,14 +106,6 @@ def _set_alias(client: RegistryClient, alias: str, version: str) -> None:
     )
 
 
-def _set_version_tags(client: RegistryClient, version: str, tags: dict[str, str]) -> None:
-    name = client.config.model_name
-    for key, value in tags.items():
-        client.call(
-            "set_model_version_tag", client.mlflow.set_model_version_tag, name, version, key, value
-        )
-
-
 def _verify(client: RegistryClient, champion: str, previous: str | None) -> dict[str, str]:
     aliases = client.aliases()
     if aliases.get(CHAMPION) != champion or (previous and aliases.get(PREVIOUS) != previous):
@@ -137,6 +126,7 @@ def promote(
     kind: str = "promotion",
     reason: str = "",
     evidence: dict | None = None,
+    at_step: StepHook | None = None,
 ) -> AliasChange:
     """Make ``version`` the champion; see the module docstring for the protocol.
 
@@ -154,9 +144,10 @@ def promote(
             f"(gate.passed={tags.get('gate.passed')!r}): {tags.get('gate.reasons', '')!r}; "
             "promote it only with an explicit forced promotion and a reason"
         )
-    if "rollback.reason" in tags and force is None:
+    rolled_back = RollbackTags.from_tags(tags)
+    if rolled_back is not None and force is None:
         raise GateNotPassedError(
-            f"version {version} of {name} was rolled back ({tags['rollback.reason']!r}); "
+            f"version {version} of {name} was rolled back ({rolled_back.reason!r}); "
             "promote it again only with an explicit forced promotion and a reason"
         )
     if expected_champion is _UNSET:
@@ -213,12 +204,14 @@ def promote(
         }
         if force is not None:
             promotion_tags["promotion.force_reason"] = force.reason
-        _set_version_tags(client, version, promotion_tags)
+        set_version_tags(client, version, promotion_tags)
         if current is not None:
             _set_alias(client, PREVIOUS, current)
-        _fault("promote:after-previous-champion")
+        if at_step is not None:
+            at_step("promote:after-previous-champion")
         _set_alias(client, CHAMPION, version)
-        _fault("promote:after-champion")
+        if at_step is not None:
+            at_step("promote:after-champion")
         aliases = _verify(client, version, current)
         history.complete(move)
         client.call(
@@ -257,7 +250,11 @@ def recover(client: RegistryClient, actor: str) -> AliasChange | None:
 
 
 def rollback(
-    client: RegistryClient, reason: str, actor: str, evidence: dict | None = None
+    client: RegistryClient,
+    reason: str,
+    actor: str,
+    evidence: dict | None = None,
+    at_step: StepHook | None = None,
 ) -> AliasChange:
     """Point ``champion`` back at ``previous-champion``; a no-op when already there."""
     if not reason.strip():
@@ -279,14 +276,9 @@ def rollback(
             [AliasMove(CHAMPION, current, previous)], actor, "rollback", reason, evidence
         )
         at = _now()
-        tags = {
-            "rollback.reason": reason,
-            "rollback.by": actor,
-            "rollback.at": at,
-            "rollback.to": previous,
-        }
         if current is not None:
-            _set_version_tags(client, current, tags)
+            rolled_back = RollbackTags(reason=reason, by=actor, at=at, to=previous)
+            set_version_tags(client, current, rolled_back.tags())
         record = {"from": current, "to": previous, "by": actor, "at": at, "reason": reason}
         client.call(
             "set_registered_model_tag",
@@ -295,7 +287,8 @@ def rollback(
             LAST_ROLLBACK_TAG,
             json.dumps(record),
         )
-        _fault("rollback:after-tags")
+        if at_step is not None:
+            at_step("rollback:after-tags")
         _set_alias(client, CHAMPION, previous)
         aliases = _verify(client, previous, previous)
         history.complete(move)

@@ -30,11 +30,12 @@ from mlflow.models import infer_signature
 
 from registry.client import RegistryClient
 from registry.lineage import Lineage, model_digest
+from registry.promotion import set_challenger
+from registry.tags import set_version_tags
 
 if TYPE_CHECKING:  # keeps torch out of the CLI's and the promotion path's imports
     from evaluation.report import EvaluationReport
 
-CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous-champion"
 _PYFUNC_SOURCE = Path(__file__).with_name("pyfunc_model.py")  # never imported here: MLflow runs it
 MODEL_DIR_ARTIFACT = "model_dir"  # the artifact name pyfunc_model.py loads
 # Declared so that ``max_new_tokens`` is accepted at predict time (MLflow drops undeclared params).
@@ -116,7 +117,7 @@ def find_version_by_digest(client: RegistryClient, digest: str) -> str | None:
     found = client.call(
         "search_model_versions",
         client.mlflow.search_model_versions,
-        f"name = '{name}' and tags.`lineage.model_sha256` = '{digest}'",
+        f"name = '{name}' and tags.`{Lineage.tag('model_sha256')}` = '{digest}'",
     )
     return min((mv.version for mv in found), key=int, default=None)
 
@@ -228,13 +229,8 @@ def register_version(
         run_id = client.call(
             "get_model_version", client.mlflow.get_model_version, name, version
         ).run_id
-    for key, value in {**lineage.tags(), **gate_tags(report)}.items():
-        client.call(
-            "set_model_version_tag", client.mlflow.set_model_version_tag, name, version, key, value
-        )
+    set_version_tags(client, str(version), {**lineage.tags(), **gate_tags(report)})
     if report.decision.passed:
-        from registry.promotion import set_challenger  # promotion.py imports this module
-
         set_challenger(client, str(version), actor, {"gate": gate_tags(report)})
     return RegisteredVersion(
         version=str(version), run_id=run_id, created=created, gate_passed=report.decision.passed
@@ -284,7 +280,7 @@ def _hf_dir(root: Path) -> Path | None:
 
 def fetch_model_dir(client: RegistryClient, version: str, models_root: Path) -> Path:
     """The Hugging Face directory of ``version`` under ``models_root/<version>``."""
-    expected = client.version_tags(version).get("lineage.model_sha256")
+    expected = Lineage.from_tags(client.version_tags(version)).model_sha256
     target = models_root / version
     existing = _hf_dir(target)
     if existing is not None and (not expected or model_digest(existing) == expected):

@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 from observability.logs import configure_logging
+from observability.settings import home_from, mlops_home
 from serving import stack
 from serving.engine.launcher import EngineUnavailable
 from serving.supervisor import StackPaths, Supervisor
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("down", help="stop the stack")
     commands.add_parser("supervise", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    home = args.home or Path(os.environ.get("MLOPS_HOME", "./.mlops"))
+    home = home_from(args.home) if args.home else mlops_home()
 
     if args.command == "supervise":
         configure_logging("supervisor")

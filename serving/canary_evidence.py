@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import httpx
 
+from observability.retry import exponential, retry_call
 from serving.gateway.client import BackendStats
 
 
@@ -165,19 +165,22 @@ class ProbeClient:
         self._http.close()
 
     def _post(self, body: dict) -> dict:
-        for attempt in range(self.attempts):
-            try:
-                response = self._http.post(
-                    f"{self.url}/v1/completions", json={"model": self.model, **body}
-                )
-                if response.status_code < 500 or attempt == self.attempts - 1:
-                    response.raise_for_status()
-                    return response.json()
-            except httpx.TransportError:
-                if attempt == self.attempts - 1:
-                    raise
-            time.sleep(0.5 * 2**attempt)
-        raise AssertionError("unreachable")
+        def post() -> dict:
+            response = self._http.post(
+                f"{self.url}/v1/completions", json={"model": self.model, **body}
+            )
+            response.raise_for_status()
+            return response.json()
+
+        return retry_call(
+            post,
+            attempts=self.attempts,
+            delay_s=exponential(0.5),
+            retry_on=lambda exc: (
+                isinstance(exc, httpx.TransportError)
+                or (isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code >= 500)
+            ),
+        )
 
     def answer(self, probe: Probe, max_tokens: int) -> str:
         body = {"prompt": probe.prompt, "temperature": 0, "max_tokens": max_tokens, "stop": ["\n"]}

@@ -16,7 +16,6 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import httpx
 
@@ -31,11 +30,9 @@ from serving.canary_evidence import (
     summary,
     text_nlls,
 )
+from serving.canary_records import CanaryConfig, HealthVerdict, StepRecord
 from serving.engine_metrics import EngineMetricsError, read_engine_metrics
 from serving.gateway.client import BackendStats, GatewayAdmin
-
-if TYPE_CHECKING:  # canary.py imports this module
-    from serving.canary import CanaryConfig, HealthVerdict, StepRecord
 
 _PROBE_ERRORS = (httpx.HTTPError, ValueError, KeyError)
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 
+from observability.retry import linear, retry_call
 from serving.engine.launcher import STARTUP_TIMEOUT_S, EngineKind, EngineSpec, engine_command
 from serving.gateway.client import GatewayAdmin
 from serving.supervisor import StackPaths
@@ -201,16 +202,25 @@ def warm_up(url: str, model: str, attempts: int = 3, timeout_s: float = 120.0) -
     first batch), and a user request must not pay for it.
     """
     body = {"model": model, "prompt": "Q: 1 A:", "max_tokens": 1, "temperature": 0}
-    problem = ""
-    for attempt in range(attempts):
-        try:
-            response = httpx.post(f"{url}/v1/completions", json=body, timeout=timeout_s)
-            if response.status_code == 200:
-                return
-            problem = f"answered {response.status_code}: {response.text[:200]}"
-        except httpx.HTTPError as exc:
-            problem = f"{type(exc).__name__}: {exc}"
-        time.sleep(0.5 * (attempt + 1))
+
+    def complete() -> None:
+        response = httpx.post(f"{url}/v1/completions", json=body, timeout=timeout_s)
+        if response.status_code != 200:
+            raise StackError(f"answered {response.status_code}: {response.text[:200]}")
+
+    try:
+        retry_call(
+            complete,
+            attempts=attempts,
+            delay_s=linear(0.5),
+            retry_on=lambda exc: isinstance(exc, (httpx.HTTPError, StackError)),
+        )
+    except StackError as exc:
+        problem = str(exc)
+    except httpx.HTTPError as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+    else:
+        return
     raise StackError(f"engine at {url} is healthy but its warm-up completion failed: {problem}")
 
 

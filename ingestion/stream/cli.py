@@ -24,6 +24,7 @@ from ingestion.stream.committer import CommitterConfig, MicroBatchCommitter
 from ingestion.stream.jetstream import JetStreamConfig, JetStreamSource
 from ingestion.stream.metrics import StreamMetrics
 from ingestion.stream.publish import publish_file
+from observability.settings import home_from, mlops_home
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +105,9 @@ def main(argv: list[str] | None = None) -> int:
             report = asyncio.run(publish_file(args.file, source_config))
             print(json.dumps(asdict(report), default=str))
             return 0
-        home = args.home or Path(os.environ.get("MLOPS_HOME", ".mlops"))
+        home = home_from(args.home) if args.home else mlops_home()
         config = CommitterConfig(
-            lake_dir=Path(home).expanduser().resolve() / "lake",
+            lake_dir=home / "lake",
             max_messages=args.batch_messages,
             max_wait_s=args.batch_wait,
         )

@@ -182,9 +182,6 @@ class BatchingEngine:
             },
         )
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text)["input_ids"])
-
     async def generate(
         self, prompt: str | list[int], params: SamplingParams
     ) -> AsyncIterator[ChoiceDelta | Usage]:

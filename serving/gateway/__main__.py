@@ -25,6 +25,7 @@ from pathlib import Path
 import uvicorn
 
 from observability.logs import configure_logging
+from observability.settings import mlops_home
 from serving.errors import InvalidRequest
 from serving.gateway.app import GatewayConfig, create_app
 from serving.gateway.workers import WorkerPlan, bind, run_workers
@@ -33,7 +34,7 @@ from serving.partners.health import HealthPolicy
 
 
 def default_state_path() -> Path:
-    return Path(os.environ.get("MLOPS_HOME", "./.mlops")) / "serving" / "gateway-state.json"
+    return mlops_home() / "serving" / "gateway-state.json"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -179,10 +179,11 @@ def create_app(config: GatewayConfig) -> GatewayASGI:
         pool = UpstreamPool(max_connections=config.max_connections)
         shared.start(asyncio.get_running_loop())
         async with httpx.AsyncClient(limits=limits, http2=False) as client:
-            proxy = Proxy(table, metrics, pool, config.max_body_bytes, keys=keys)
-            proxy.partners = PartnerProxy(proxy, partners, metrics, client, adapter_for)
-            app.state.proxy = proxy
-            watcher = asyncio.create_task(proxy.partners.watch_partners())
+            partner_proxy = PartnerProxy(partners, metrics, client, adapter_for)
+            app.state.proxy = Proxy(
+                table, metrics, pool, config.max_body_bytes, partners=partner_proxy, keys=keys
+            )
+            watcher = asyncio.create_task(partner_proxy.watch_partners())
             try:
                 yield
             finally:

@@ -18,12 +18,13 @@ a replica's death or restart undercounts (a breach check sees fewer errors, neve
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from urllib.parse import quote
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+
+from observability.retry import exponential, retry_call
 
 
 class AdminError(RuntimeError):
@@ -78,27 +79,33 @@ class GatewayAdmin:
         self.timeout_s, self.retries = timeout_s, retries
 
     def _call(self, method: str, path: str, json: dict | None = None) -> dict:
-        last: Exception | None = None
-        for attempt in range(self.retries + 1):
-            try:
-                response = httpx.request(
-                    method,
-                    self.url + path,
-                    json=json,
-                    timeout=self.timeout_s,
-                    headers=self._headers,
-                )
-            except httpx.HTTPError as exc:
-                last = exc
-            else:
-                if response.status_code < 400:
-                    return response.json()
-                message = response.json().get("error", {}).get("message", response.text)
-                last = AdminError(response.status_code, message)
-                if response.status_code < 500:
-                    raise last
-            time.sleep(min(0.25 * 2**attempt, 2.0))
-        raise AdminError(0, f"{method} {path} failed after {self.retries + 1} tries: {last}")
+        def request() -> dict:
+            response = httpx.request(
+                method, self.url + path, json=json, timeout=self.timeout_s, headers=self._headers
+            )
+            if response.status_code < 400:
+                return response.json()
+            message = response.json().get("error", {}).get("message", response.text)
+            raise AdminError(response.status_code, message)
+
+        def transient(exc: BaseException) -> bool:  # a 4xx is the caller's mistake: no retry
+            return isinstance(exc, httpx.HTTPError) or (
+                isinstance(exc, AdminError) and exc.status >= 500
+            )
+
+        try:
+            return retry_call(
+                request,
+                attempts=self.retries + 1,
+                delay_s=exponential(0.25, cap_s=2.0),
+                retry_on=transient,
+            )
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            raise AdminError(
+                0, f"{method} {path} failed after {self.retries + 1} tries: {exc}"
+            ) from exc
 
     def state(self) -> dict:
         return self._call("GET", "/admin/state")

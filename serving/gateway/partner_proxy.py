@@ -1,10 +1,9 @@
-"""The partner side of the gateway: fallback routes (``auto``) and partners by name.
+"""The partner proxy: one attempt on a commercial partner API, and its health probes.
 
-Only a request whose ``model`` is not a local route reaches this code (see
-:class:`~serving.gateway.proxy.Proxy`). A fallback route tries its available choices in
-order: a partner through its adapter (:mod:`serving.partners.adapters`), a local entry
-(``sovereign-lm``) through the local attempt plan; a partner name goes to that partner
-alone. A partner attempt must reach its first token within the partner's
+The dispatcher (:class:`~serving.gateway.proxy.Proxy`) sends here a request naming a
+partner, and each partner choice of a fallback route (``auto``); this module knows nothing
+of local routes. An attempt goes through the partner's adapter
+(:mod:`serving.partners.adapters`) and must reach its first token within the partner's
 time-to-first-token deadline (see :mod:`serving.partners.health`), so a partner that hangs
 costs at most that long, not its full timeout; a failure before that point is retried on the
 next choice, one after it ends the stream with an OpenAI error event (``data: {"error":
@@ -26,11 +25,11 @@ from collections.abc import AsyncIterator, Callable
 import httpx2 as httpx
 from starlette.responses import Response, StreamingResponse
 
-from serving.errors import InvalidRequest, NotFound, Unavailable
+from serving.errors import Unavailable
+from serving.gateway.asgi_io import Call
 from serving.gateway.metrics import GatewayMetrics
-from serving.gateway.proxy import Proxy
 from serving.partners.health import parse_retry_after
-from serving.partners.router import FallbackRoute, Partner, PartnerTable
+from serving.partners.router import Partner, PartnerTable
 from serving.partners.spec import Adapter, PartnerProtocolError, StreamTranslator
 
 log = logging.getLogger(__name__)
@@ -45,15 +44,16 @@ class _AttemptFailed(Exception):
 
 
 class PartnerProxy:
+    """Sends OpenAI requests to partner APIs through their adapters and keeps their health."""
+
     def __init__(
         self,
-        local: Proxy,
-        partners: PartnerTable,
+        table: PartnerTable,
         metrics: GatewayMetrics,
         client: httpx.AsyncClient,
         adapter_for: Callable[[str], Adapter],
     ) -> None:
-        self.local, self.partners, self.metrics = local, partners, metrics
+        self.table, self.metrics = table, metrics
         self.client, self.adapter_for = client, adapter_for
         self._timeouts: dict[float, httpx.Timeout] = {}
 
@@ -63,16 +63,10 @@ class PartnerProxy:
             timeout = self._timeouts[seconds] = httpx.Timeout(seconds, connect=min(seconds, 2.0))
         return timeout
 
-    async def forward(
-        self, name: str, body: bytes, payload: dict, path: str, stream: bool
-    ) -> Response:
-        """A request whose ``model`` is not a local route: a fallback route or a partner."""
-        fallback = self.partners.fallback_routes.get(name)
-        if fallback is not None:
-            return await self._fallback(fallback, body, payload, path, stream)
-        partner = self.partners.partners.get(name)
-        if partner is None:
-            raise NotFound(f"The model `{name}` does not exist", "model", "model_not_found")
+    async def forward(self, name: str, call: Call) -> Response:
+        """A request for partner ``name`` alone (a fallback route goes through the
+        dispatcher, which calls :meth:`attempt` for its partner choices)."""
+        partner = self.table.partners[name]
         if not partner.health.available():
             self.metrics.response(name, 503)
             raise Unavailable(
@@ -81,7 +75,7 @@ class PartnerProxy:
                 "model",
                 "partner_unavailable",
             )
-        response = await self._partner(name, partner, payload, path, stream)
+        response = await self.attempt(name, partner, call)
         if response is None:
             self.metrics.response(name, 503)
             raise Unavailable(
@@ -92,50 +86,14 @@ class PartnerProxy:
         self.metrics.response(name, response.status_code)
         return response
 
-    async def _fallback(
-        self, route: FallbackRoute, body: bytes, payload: dict, path: str, stream: bool
-    ) -> Response:
-        label, previous = route.name, None
-        for entry in route.choices():
-            partner = self.partners.partners.get(entry)
-            if partner is not None:
-                if not partner.health.available():
-                    continue
-                if previous is not None:
-                    self.metrics.retry(label, previous, entry)
-                previous = entry
-                try:
-                    response = await self._partner(label, partner, payload, path, stream)
-                except InvalidRequest:
-                    continue  # this partner's API cannot express the request; the next may
-            else:
-                local = self.local.table.routes.get(entry)
-                if local is None:
-                    continue
-                outcome = await self.local.attempt_local(
-                    label, local, body, payload, path, stream, previous
-                )
-                previous = outcome.previous
-                response = self.local.as_response(label, outcome)
-            if response is not None:
-                self.metrics.response(label, response.status_code)
-                return response
-        self.metrics.response(label, 503)
-        raise Unavailable(
-            f"no choice of `{label}` could answer ({', '.join(route.choices())}); retry shortly",
-            "model",
-            "backend_unavailable",
-        )
-
-    async def _partner(
-        self, label: str, partner: Partner, payload: dict, path: str, stream: bool
-    ) -> Response | None:
+    async def attempt(self, label: str, partner: Partner, call: Call) -> Response | None:
         """One attempt on a partner: the OpenAI answer, or None after a failure (recorded in
         its health and metrics). A stream is committed to only once its first token is in."""
         spec, health = partner.spec, partner.health
+        path, payload = call.path, call.payload
         adapter = self.adapter_for(spec.kind)
         outgoing = adapter.build(spec, path, payload)
-        translator = adapter.stream(spec, path, payload) if stream else None
+        translator = adapter.stream(spec, path, payload) if call.stream else None
         self.metrics.attempt(label, spec.name)
         started = time.perf_counter()
         upstream: httpx.Response | None = None
@@ -282,7 +240,7 @@ class PartnerProxy:
         running: dict[str, asyncio.Task] = {}
         while True:
             try:
-                for name, partner in list(self.partners.partners.items()):
+                for name, partner in list(self.table.partners.items()):
                     partner.health.evaluate()
                     busy = name in running and not running[name].done()
                     if not busy and partner.health.probe_due(partner.spec.probe_interval_s):

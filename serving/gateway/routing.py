@@ -2,7 +2,7 @@
 
 A :class:`Backend` is one OpenAI-compatible upstream (a local engine; partners and fallback
 routes live in ``serving/partners/router.py``) with its own timeout and a passive circuit
-breaker (its clock injectable, so partner health reuses it in unit tests). A :class:`Route`
+breaker (:mod:`serving.breaker`, shared with partner health). A :class:`Route`
 is what a client names in ``model``: a stable backend plus, during a rollout, a canary at a
 weight in percent. :meth:`Route.attempts` yields the backends to try for one request, in
 order: the weighted pick first and, when that was the canary, the stable backend as the
@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import random
 import re
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from enum import IntEnum
 
+from serving.breaker import CircuitBreaker
 from serving.errors import InvalidRequest
 
 NAME_RULE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -62,47 +61,6 @@ class Slots:
 
     def release(self) -> None:
         self.in_flight -= 1
-
-
-class BreakerState(IntEnum):
-    CLOSED = 0
-    HALF_OPEN = 1
-    OPEN = 2
-
-
-@dataclass
-class CircuitBreaker:
-    """Opens after ``threshold`` consecutive failures; lets one probe through after
-    ``cooldown_s``; a successful probe closes it, a failed one re-opens it."""
-
-    threshold: int = 3
-    cooldown_s: float = 5.0
-    state: BreakerState = BreakerState.CLOSED
-    failures: int = 0
-    opened_at: float = 0.0
-    probing: bool = False
-    clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
-
-    def allow(self) -> bool:
-        if self.state is BreakerState.CLOSED:
-            return True
-        if self.state is BreakerState.OPEN:
-            if self.clock() - self.opened_at < self.cooldown_s:
-                return False
-            self.state = BreakerState.HALF_OPEN
-            self.probing = False
-        if self.probing:
-            return False
-        self.probing = True
-        return True
-
-    def success(self) -> None:
-        self.state, self.failures, self.probing = BreakerState.CLOSED, 0, False
-
-    def failure(self) -> None:
-        self.failures += 1
-        if self.state is BreakerState.HALF_OPEN or self.failures >= self.threshold:
-            self.state, self.opened_at, self.probing = BreakerState.OPEN, self.clock(), False
 
 
 @dataclass

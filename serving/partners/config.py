@@ -10,22 +10,31 @@ dependency inventory, so both see the same declaration::
     fallback_routes:
       auto: [claude, sovereign-lm]
 
-The file holds the *name* of each key's environment variable, never a key. Every error
-names the file and the field (``partners.claude.timeout_s``) and says what was expected.
+The file holds the *name* of each key's environment variable, never a key. Its shape is a
+pydantic model (:class:`ServingConfigFile`); every error names the file and the field
+(``partners.claude.timeout_s``) and says what was expected.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from observability.settings import Settings
 from serving.errors import InvalidRequest
 from serving.partners.spec import PartnerSpec
 
-CONFIG_ENV = "MLOPS_SERVING_CONFIG"
+# what each section must look like, said to the operator when it does not
+_EXPECTED = {
+    ("partners",): "must be a mapping of name -> partner",
+    ("partners", "*"): "must be a mapping (kind, base_url, model, ...)",
+    ("fallback_routes",): "must be a mapping of name -> [entries]",
+    ("fallback_routes", "*"): "must be a non-empty list of names",
+}
 
 
 class ServingConfigError(ValueError):
@@ -40,14 +49,19 @@ class ServingConfig:
     fallback_routes: dict[str, list[str]] = field(default_factory=dict)
 
 
+class ServingConfigFile(BaseModel):
+    """The file's shape; each partner's fields are checked by :class:`PartnerSpec`, the
+    same rules the admin API applies."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    partners: dict[str, dict[str, Any]] = {}
+    fallback_routes: dict[str, Annotated[list[str], Field(min_length=1)]] = {}
+
+
 def default_config_path() -> Path | None:
     """``$MLOPS_SERVING_CONFIG``, else ``$MLOPS_HOME/serving/config.yaml`` if it exists."""
-    explicit = os.environ.get(CONFIG_ENV)
-    if explicit:
-        return Path(explicit)
-    home = os.environ.get("MLOPS_HOME")
-    candidate = Path(home) / "serving" / "config.yaml" if home else None
-    return candidate if candidate is not None and candidate.is_file() else None
+    return Settings.from_env().serving_config_path()
 
 
 def load_serving_config(path: Path | str) -> ServingConfig:
@@ -65,24 +79,33 @@ def load_serving_config(path: Path | str) -> ServingConfig:
         raise ServingConfigError(
             path, "top level", "must be a mapping with partners / fallback_routes"
         )
-    unknown = set(data) - {"partners", "fallback_routes"}
-    if unknown:
-        raise ServingConfigError(path, "top level", f"unknown keys {sorted(unknown)}")
-    partners = _partners(path, data.get("partners") or {})
-    routes = _fallback_routes(path, data.get("fallback_routes") or {}, partners)
+    try:  # an empty section (`partners:` alone) reads as None: the same as leaving it out
+        parsed = ServingConfigFile.model_validate({k: v for k, v in data.items() if v is not None})
+    except ValidationError as exc:
+        raise _config_error(path, exc) from None
+    partners = _partners(path, parsed.partners)
+    routes = _fallback_routes(path, parsed.fallback_routes, partners)
     return ServingConfig(partners, routes)
 
 
-def _partners(path: Path, raw: object) -> dict[str, PartnerSpec]:
-    if not isinstance(raw, dict):
-        raise ServingConfigError(path, "partners", "must be a mapping of name -> partner")
+def _config_error(path: Path, exc: ValidationError) -> ServingConfigError:
+    """The first problem, named by its field (``fallback_routes.auto``)."""
+    error = exc.errors()[0]
+    loc = tuple(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        unknown = sorted(str(e["loc"][0]) for e in exc.errors() if e["type"] == "extra_forbidden")
+        return ServingConfigError(path, "top level", f"unknown keys {unknown}")
+    section = loc[:2]
+    expected = _EXPECTED.get((loc[0], "*") if len(section) > 1 else (loc[0],), error["msg"])
+    return ServingConfigError(path, ".".join(section), expected)
+
+
+def _partners(path: Path, raw: dict[str, dict[str, Any]]) -> dict[str, PartnerSpec]:
     partners = {}
     for name, fields in raw.items():
         where = f"partners.{name}"
-        if not isinstance(fields, dict):
-            raise ServingConfigError(path, where, "must be a mapping (kind, base_url, model, ...)")
         try:
-            partners[str(name)] = PartnerSpec.from_dict(str(name), fields)
+            partners[name] = PartnerSpec.from_dict(name, fields)
         except InvalidRequest as exc:
             field_name = f"{where}.{exc.param}" if exc.param not in (None, "partner") else where
             raise ServingConfigError(path, field_name, exc.message) from None
@@ -92,22 +115,18 @@ def _partners(path: Path, raw: object) -> dict[str, PartnerSpec]:
 
 
 def _fallback_routes(
-    path: Path, raw: object, partners: dict[str, PartnerSpec]
+    path: Path, raw: dict[str, list[str]], partners: dict[str, PartnerSpec]
 ) -> dict[str, list[str]]:
-    if not isinstance(raw, dict):
-        raise ServingConfigError(path, "fallback_routes", "must be a mapping of name -> [entries]")
     routes = {}
     for name, order in raw.items():
         where = f"fallback_routes.{name}"
-        if not isinstance(order, list) or not order or not all(isinstance(e, str) for e in order):
-            raise ServingConfigError(path, where, "must be a non-empty list of names")
         if order[-1] in partners:
             raise ServingConfigError(
                 path,
                 where,
                 f"must end in a local route (the sovereign model), not partner {order[-1]!r}",
             )
-        if str(name) in partners:
+        if name in partners:
             raise ServingConfigError(path, where, f"{name!r} is also a partner name")
-        routes[str(name)] = list(order)
+        routes[name] = list(order)
     return routes

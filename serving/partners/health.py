@@ -57,7 +57,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from serving.gateway.routing import BreakerState, CircuitBreaker
+from serving.breaker import BreakerState, CircuitBreaker
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,9 @@ the failover job) moves one entry to the front; the entries after it in the orde
 behind it as fallbacks, so a pin never makes a request fail that the order would have served.
 
 Partners, local routes and fallback routes share one namespace (the ``model`` a client
-sends), so :class:`PartnerTable` checks names against the local
-:class:`~serving.gateway.routing.RoutingTable` too. Plain data with ``to_dict``/``load_dict``;
+sends), so :class:`PartnerTable` checks names against the local routes too: any object
+with a ``routes`` mapping (:class:`LocalRoutes`, in practice the gateway's routing table),
+so this package needs nothing from the gateway. Plain data with ``to_dict``/``load_dict``;
 health is runtime only and starts ``healthy`` after a restart.
 """
 
@@ -17,15 +18,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from serving.errors import InvalidRequest, NotFound
-from serving.gateway.routing import RoutingTable
 from serving.partners.health import HealthPolicy, PartnerHealth
 from serving.partners.spec import PartnerSpec
 
 log = logging.getLogger(__name__)
+
+
+class LocalRoutes(Protocol):
+    """The local side of the model namespace: route names a fallback route may end in."""
+
+    @property
+    def routes(self) -> Mapping[str, object]: ...
 
 
 @dataclass
@@ -70,7 +78,7 @@ class FallbackRoute:
 
 @dataclass
 class PartnerTable:
-    routing: RoutingTable
+    routing: LocalRoutes
     policy: HealthPolicy = field(default_factory=HealthPolicy)
     partners: dict[str, Partner] = field(default_factory=dict)
     fallback_routes: dict[str, FallbackRoute] = field(default_factory=dict)

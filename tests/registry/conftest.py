@@ -222,7 +222,9 @@ def cli(mlflow_server, model_name, tmp_path):
             "HF_HUB_OFFLINE": "1",
             **(env or {}),
         }
-        cmd = [sys.executable, "-m", "registry", "--model", model_name, "--actor", "test", *args]
+        # a fault point needs the CLI with the crash hook (not shipped with the product)
+        module = "testing.registry_crash" if "MLOPS_REGISTRY_FAULT" in (env or {}) else "registry"
+        cmd = [sys.executable, "-m", module, "--model", model_name, "--actor", "test", *args]
         if background:
             return subprocess.Popen(
                 cmd,

@@ -10,8 +10,9 @@ import time
 
 import pytest
 
+from serving.breaker import BreakerState, CircuitBreaker
 from serving.errors import InvalidRequest
-from serving.gateway.routing import BreakerState, CircuitBreaker, RoutingTable, check_name
+from serving.gateway.routing import RoutingTable, check_name
 from serving.gateway.state import StateStore
 
 

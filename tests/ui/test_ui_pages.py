@@ -114,7 +114,7 @@ def partner_outage(servers, wait_until) -> Iterator[dict[str, str]]:
     port = free_port()
     log = (servers.home / "fake-partner.log").open("w")
     fake = subprocess.Popen(
-        [sys.executable, "-m", "serving.partners.fake", "--kind", "openai", "--name", "gpt"]
+        [sys.executable, "-m", "testing.partners.fake", "--kind", "openai", "--name", "gpt"]
         + ["--port", str(port)],
         cwd=Path(__file__).resolve().parents[2],
         stdout=log,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dagster as dg
 
+from observability.settings import Settings
 from orchestration.jobs import LAKE_WRITER_TAGS
 
 from .assets import corpus_split, ingest_landing_files
 from .evals import eval_suites
 from .sensors import landing_zone_sensor
-from .stream import StreamResource, stream_commits_sensor, stream_consumer_lag
+from .stream import StreamResource, stream_commits_sensor_every, stream_consumer_lag
 
 ingest_job = dg.define_asset_job(
     "ingest",
@@ -27,8 +28,11 @@ defs = dg.Definitions(
     sensors=[landing_zone_sensor],
 )
 
-stream_defs = dg.Definitions(
-    asset_checks=[stream_consumer_lag],
-    sensors=[stream_commits_sensor],
-    resources={"stream": StreamResource()},
-)
+
+def build_stream_defs(settings: Settings) -> dg.Definitions:
+    """The stream's definitions, its sensor at the configured interval."""
+    return dg.Definitions(
+        asset_checks=[stream_consumer_lag],
+        sensors=[stream_commits_sensor_every(settings.stream_sensor_interval_s)],
+        resources={"stream": StreamResource()},
+    )

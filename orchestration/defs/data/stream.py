@@ -26,16 +26,6 @@ from ingestion.stream.jetstream import JetStreamConfig
 from orchestration.resources import MlopsHome
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
-INTERVAL_ENV = "MLOPS_STREAM_SENSOR_INTERVAL_S"
-
-
-def sensor_interval_s() -> int:
-    """``MLOPS_STREAM_SENSOR_INTERVAL_S`` (whole seconds, >= 1), default 30. Read when the code
-    location loads, because Dagster fixes a sensor's interval in its definition."""
-    raw = os.environ.get(INTERVAL_ENV, "").strip() or "30"
-    if not raw.isdigit() or int(raw) < 1:
-        raise ValueError(f"{INTERVAL_ENV}={raw!r}: expected a whole number of seconds >= 1")
-    return int(raw)
 
 
 class StreamResource(dg.ConfigurableResource):
@@ -156,18 +146,23 @@ def _materialization(row: dict) -> dg.AssetMaterialization:
     )
 
 
-@dg.sensor(
-    name="stream_commits_sensor",
-    minimum_interval_seconds=sensor_interval_s(),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description=(
-        "Reports each micro-batch the stream consumer committed as a `corpus` materialization "
-        "(data version, counts) and the consumer's lag as the `stream_consumer_lag` check."
-    ),
-)
-def stream_commits_sensor(
-    context: dg.SensorEvaluationContext, mlops: MlopsHome, stream: StreamResource
-):
+def stream_commits_sensor_every(interval_s: int) -> dg.SensorDefinition:
+    """The sensor ticking every ``interval_s`` seconds (``MLOPS_STREAM_SENSOR_INTERVAL_S``,
+    read by the code location when it builds its definitions: Dagster fixes a sensor's
+    interval in its definition)."""
+    return dg.sensor(
+        name="stream_commits_sensor",
+        minimum_interval_seconds=interval_s,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            "Reports each micro-batch the stream consumer committed as a `corpus` "
+            "materialization (data version, counts) and the consumer's lag as the "
+            "`stream_consumer_lag` check."
+        ),
+    )(_stream_commits)
+
+
+def _stream_commits(context: dg.SensorEvaluationContext, mlops: MlopsHome, stream: StreamResource):
     after = int(context.cursor) if context.cursor else None
     rows, version = ledger.read_commits(mlops.lake(), after)
     if version is None:

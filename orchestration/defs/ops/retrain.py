@@ -13,7 +13,7 @@ import dagster as dg
 from ingestion.lake import corpus_rows, corpus_version
 from orchestration.defs.registry.resources import MlflowResource
 from orchestration.resources import MlopsHome
-from registry import CHAMPION, RegistryError
+from registry import CHAMPION, Lineage, RegistryError
 
 
 class RetrainPolicy(dg.ConfigurableResource):
@@ -49,12 +49,12 @@ def retrain_on_new_data(
         return dg.SkipReason(f"registry unavailable, will retry: {exc}")
     if not champion:
         return dg.SkipReason("no champion yet: the first train_and_deploy run creates one")
-    trained_on = tags.get("lineage.data_version", "")
-    if not trained_on.isdigit():
+    trained_on = Lineage.from_tags(tags).data_version
+    if trained_on is None:
         return dg.SkipReason(f"champion v{champion} records no data version; nothing to compare")
-    if int(trained_on) >= current:
+    if trained_on >= current:
         return dg.SkipReason(f"champion v{champion} was trained on the current data version")
-    new = corpus_rows(mlops.lake(), current) - corpus_rows(mlops.lake(), int(trained_on))
+    new = corpus_rows(mlops.lake(), current) - corpus_rows(mlops.lake(), trained_on)
     if new < retrain_policy.min_new_records:
         return dg.SkipReason(
             f"{new} new records since data version {trained_on}; "

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import dagster as dg
 
+from observability.settings import Settings
 from orchestration import inventory
 from orchestration.defs.registry.resources import MlflowResource
 from orchestration.defs.serving.resources import ServingStack
@@ -28,8 +29,6 @@ from orchestration.resources import MlopsHome
 from serving.gateway.client import AdminError
 from serving.partners.config import ServingConfigError, load_serving_config
 from serving.stack import StackError
-
-from .resources import serving_config_path
 
 REPO = Path(__file__).resolve().parents[3]
 MAIN_JOB = "train_and_deploy"
@@ -65,7 +64,7 @@ def partner_dependencies(
     """Partners of the serving config and of the running gateway, and the fallback routes."""
     partners: dict[str, tuple[str, str, str]] = {}
     routes: dict[str, list[str]] = {}
-    path = serving_config_path(home)
+    path = Settings.from_env().serving_config_path(home)
     if path is not None:
         try:
             config = load_serving_config(path)

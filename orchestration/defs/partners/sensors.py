@@ -17,6 +17,7 @@ import time
 
 import dagster as dg
 
+from observability.settings import DEFAULT_SENSOR_INTERVAL_S
 from orchestration.defs.serving.resources import ServingStack
 from orchestration.resources import MlopsHome
 from serving.gateway.client import AdminError
@@ -27,9 +28,6 @@ from .resources import sensor_interval_s
 from .routing import failover_to_sovereign, restore_partners
 
 NAME = "partner_health_sensor"
-# Dagster fixes the minimum interval when the sensor is defined; the sustain time is read
-# again at each tick, so both follow the same variable of the process that evaluates.
-INTERVAL_S = sensor_interval_s()
 _JOBS = {"failover": failover_to_sovereign.name, "restore": restore_partners.name}
 
 
@@ -43,17 +41,23 @@ def run_request(decision) -> dg.RunRequest:
     )
 
 
-@dg.sensor(
-    name=NAME,
-    minimum_interval_seconds=INTERVAL_S,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    jobs=[failover_to_sovereign, restore_partners],
-    description=(
-        "Fails fallback routes over to the sovereign model when a partner degrades, and "
-        "restores them after a sustained recovery."
-    ),
-)
-def partner_health_sensor(
+def partner_health_sensor_every(interval_s: int) -> dg.SensorDefinition:
+    """The sensor ticking every ``interval_s`` seconds. Dagster fixes a sensor's minimum
+    interval when it is defined, so the code location builds it from its settings; the
+    sustain time is read again at each tick, from the same variable."""
+    return dg.sensor(
+        name=NAME,
+        minimum_interval_seconds=interval_s,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        jobs=[failover_to_sovereign, restore_partners],
+        description=(
+            "Fails fallback routes over to the sovereign model when a partner degrades, and "
+            "restores them after a sustained recovery."
+        ),
+    )(_partner_health)
+
+
+def _partner_health(
     context: dg.SensorEvaluationContext, mlops: MlopsHome, serving_stack: ServingStack
 ):
     home = mlops.root()
@@ -74,3 +78,8 @@ def partner_health_sensor(
         text = "; ".join(d.reason for d in decisions) or "no fallback routes declared"
         return dg.SkipReason(f"nothing to do: {text}")
     return dg.SensorResult(run_requests=requests)
+
+
+#: At the default interval, for evaluating the sensor directly; the code location builds its
+#: own with :func:`partner_health_sensor_every` from the configured interval.
+partner_health_sensor = partner_health_sensor_every(DEFAULT_SENSOR_INTERVAL_S)

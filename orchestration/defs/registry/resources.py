@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import dagster as dg
 
-from orchestration.resources import default_home
+from observability.settings import mlops_home
 from registry import RegistryClient, RegistryConfig
 from registry.config import MODEL_NAME
 
@@ -44,7 +44,7 @@ class MlflowResource(dg.ConfigurableResource):
             overrides["tracking_uri"] = self.tracking_uri
         if self.lock_url:
             overrides["lock_url"] = self.lock_url
-        return RegistryConfig.resolve(default_home(), **overrides)
+        return RegistryConfig.resolve(mlops_home(), **overrides)
 
     def client(self) -> RegistryClient:
         return RegistryClient(self.config())

@@ -1,6 +1,8 @@
 """The ``deployment`` asset: canary rollout of the registry's ``challenger``, and the ``deploy`` job.
 
-One materialization decides what serves ``sovereign-lm`` and makes the registry agree:
+One materialization decides what serves ``sovereign-lm`` and makes the registry agree. The
+decision is serving's (:func:`serving.rollout_plan.plan_rollout`, from the registry's
+aliases); this asset reads the registry, carries the plan out and records it:
 
 * no champion yet: the gated challenger is served as the stable backend and promoted
   directly (there is no stable model to compare a canary with);
@@ -23,7 +25,7 @@ an interrupted rollout is rolled back before the asset fails, so traffic is neve
 half-rolled-out canary.
 """
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -34,7 +36,7 @@ from orchestration.defs.registry.assets import history_table
 from orchestration.defs.registry.resources import MlflowResource
 from orchestration.jobs import ROLLOUT_TAGS
 from orchestration.resources import MlopsHome
-from registry import CHALLENGER, CHAMPION, RegistryError, promote
+from registry import CHALLENGER, CHAMPION, RegistryClient, RegistryError, RollbackTags, promote
 from registry.versions import ModelIntegrityError, fetch_model_dir
 from serving.canary import (
     CanaryConfig,
@@ -44,13 +46,14 @@ from serving.canary import (
     probe_accuracy,
     rollback,
 )
+from serving.canary_evidence import ProbeSet
 from serving.engine.launcher import EngineUnavailable
 from serving.gateway.client import AdminError
+from serving.rollout_plan import NothingToServe, RolloutAction, RolloutRequest, plan_rollout
 from serving.stack import ROUTE, StackError, engine_name
 
 from .resources import ServingStack
 from .rollout import (
-    ROLLBACK_REASON_TAG,
     ProbeDataError,
     RolloutRecord,
     load_probes,
@@ -111,6 +114,33 @@ class DeploymentConfig(dg.Config):
         )
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Rollout:
+    """What every step of one materialization works with."""
+
+    context: dg.AssetExecutionContext
+    serving: ServingStack
+    client: RegistryClient
+    home: Path
+    config: DeploymentConfig
+
+    @property
+    def actor(self) -> str:
+        return f"dagster:{self.context.run_id}"
+
+    @property
+    def models(self) -> Path:
+        return self.home / "serving" / "models"
+
+    def probes(self, challenger: str) -> ProbeSet:
+        return load_probes(
+            self.client.version_tags(challenger),
+            self.home / "lake" / "corpus",
+            self.config.probe_count,
+            self.config.probe_text_chars,
+        )
+
+
 def _metadata(decision: str, reason: str, challenger: str | None, champion: str | None) -> dict:
     return {
         "decision": decision,
@@ -150,36 +180,28 @@ def deployment(
         client = mlflow_registry.client()
         aliases = client.aliases()
         challenger, champion = aliases.get(CHALLENGER), aliases.get(CHAMPION)
-        models = home / "serving" / "models"
-        if challenger is None and champion is None:
-            raise dg.Failure(
-                f"{client.config.model_name} has neither a challenger nor a champion: "
-                "register a model that passes the gate (the `train` job) first"
-            )
-        if challenger is None or challenger == champion:
-            admin = serving_stack.serve(home, fetch_model_dir(client, champion, models))
-            why = "no challenger" if challenger is None else f"v{champion} already champion"
-            meta = _metadata("noop", f"{why}; v{champion} serves", challenger, champion)
-        elif ROLLBACK_REASON_TAG in (tags := client.version_tags(challenger)):
-            if champion is None:
-                raise dg.Failure(
-                    f"the only candidate, v{challenger}, was rolled back "
-                    f"({tags[ROLLBACK_REASON_TAG]!r}) and there is no champion to serve"
-                )
-            admin = serving_stack.serve(home, fetch_model_dir(client, champion, models))
-            reason = (
-                f"v{challenger} was rolled back before ({tags[ROLLBACK_REASON_TAG]}); register "
-                "a new model or force its promotion"
-            )
-            meta = _metadata("noop", reason, challenger, champion)
-        elif champion is None:
-            admin, meta = _first_deployment(
-                context, serving_stack, client, challenger, home, config
-            )
+        rolled_back = (
+            RollbackTags.from_tags(client.version_tags(challenger)) if challenger else None
+        )
+        request = RolloutRequest(
+            challenger=challenger,
+            champion=champion,
+            challenger_rolled_back=rolled_back.reason if rolled_back else None,
+        )
+        try:
+            plan = plan_rollout(request)
+        except NothingToServe as exc:
+            raise dg.Failure(f"{client.config.model_name}: {exc}") from exc
+        run = _Rollout(
+            context=context, serving=serving_stack, client=client, home=home, config=config
+        )
+        if plan.action is RolloutAction.SERVE_CHAMPION:
+            admin = serving_stack.serve(home, fetch_model_dir(client, champion, run.models))
+            meta = _metadata("noop", plan.reason, challenger, champion)
+        elif plan.action is RolloutAction.FIRST_DEPLOYMENT:
+            admin, meta = _first_deployment(run, challenger=challenger, reason=plan.reason)
         else:
-            admin, meta = _canary(
-                context, serving_stack, client, challenger, champion, home, config
-            )
+            admin, meta = _canary(run, challenger=challenger, champion=champion)
     except _EXPECTED as exc:
         raise dg.Failure(description=str(exc), metadata={"error": type(exc).__name__}) from exc
 
@@ -203,25 +225,22 @@ def deployment(
     )
 
 
-def _first_deployment(context, serving: ServingStack, client, challenger, home, config):
-    model_dir = fetch_model_dir(client, challenger, home / "serving" / "models")
-    admin = serving.serve(home, model_dir)  # a model that cannot be served never gets promoted
-    tags = client.version_tags(challenger)
-    probes = load_probes(
-        tags, home / "lake" / "corpus", config.probe_count, config.probe_text_chars
-    )
+def _first_deployment(run: _Rollout, *, challenger: str, reason: str):
+    model_dir = fetch_model_dir(run.client, challenger, run.models)
+    # a model that cannot be served never gets promoted
+    admin = run.serving.serve(run.home, model_dir)
+    probes = run.probes(challenger)
     engine_url = admin.state()["backends"][engine_name(model_dir)]["url"]
-    accuracy = probe_accuracy(engine_url, probes.tasks, config.canary(serving))
-    reason = f"no champion yet: v{challenger} promoted directly (no stable model to canary against)"
+    accuracy = probe_accuracy(engine_url, probes.tasks, run.config.canary(run.serving))
     change = promote(
-        client,
+        run.client,
         challenger,
-        f"dagster:{context.run_id}",
+        run.actor,
         kind="first-deployment",
         reason=reason,
         evidence={"probes": {"tasks": len(probes.tasks), "exact_match": accuracy}},
     )
-    context.log.info(change.message)
+    run.context.log.info(change.message)
     meta = _metadata("promoted", reason, challenger, change.champion)
     # recorded, not gated: the evaluation gate judged this model, and there is no stable
     # model whose accuracy the served one could be compared with
@@ -231,19 +250,14 @@ def _first_deployment(context, serving: ServingStack, client, challenger, home, 
     return admin, meta
 
 
-def _canary(context, serving: ServingStack, client, challenger, champion, home: Path, config):
-    models = home / "serving" / "models"
-    actor = f"dagster:{context.run_id}"
-    canary_config = config.canary(serving)
-    challenger_dir = fetch_model_dir(client, challenger, models)
-    admin = serving.serve(home, fetch_model_dir(client, champion, models))
-    probes = load_probes(
-        client.version_tags(challenger),
-        home / "lake" / "corpus",
-        config.probe_count,
-        config.probe_text_chars,
-    )
-    if config.probe_count and not probes.tasks:
+def _canary(run: _Rollout, *, challenger: str, champion: str):
+    context, serving, client, home = run.context, run.serving, run.client, run.home
+    actor = run.actor
+    canary_config = run.config.canary(serving)
+    challenger_dir = fetch_model_dir(client, challenger, run.models)
+    admin = serving.serve(home, fetch_model_dir(client, champion, run.models))
+    probes = run.probes(challenger)
+    if run.config.probe_count and not probes.tasks:
         context.log.info(f"no held-out tasks in {probes.source}: probing by text likelihood only")
     fleet, paths = serving.fleet(home), serving.paths(home)
     canary = engine_name(challenger_dir)
@@ -277,7 +291,15 @@ def _canary(context, serving: ServingStack, client, challenger, champion, home: 
     except CanaryError as exc:  # another rollout owns the route: leave its canary alone
         raise dg.Failure(str(exc)) from exc
     except Exception as exc:
-        result = _interrupted(admin, fleet, client, challenger, canary, champion, exc)
+        result = _interrupted(
+            run,
+            admin=admin,
+            fleet=fleet,
+            challenger=challenger,
+            champion=champion,
+            canary=canary,
+            exc=exc,
+        )
     finally:
         RolloutRecord.clear(paths)
     if promote_errors:
@@ -320,13 +342,15 @@ def _step_evidence(step) -> dict:
     }
 
 
-def _interrupted(admin, fleet, client, challenger, canary, champion, exc) -> CanaryResult:
+def _interrupted(
+    run: _Rollout, *, admin, fleet, challenger: str, champion: str, canary: str, exc: Exception
+) -> CanaryResult:
     """The rollout raised. If the health sensor rolled the canary back meanwhile, that is the
     outcome; otherwise send traffic back to stable, retire the canary and fail."""
     route = admin.state()["routes"].get(ROUTE) or {}
-    recorded = client.version_tags(challenger).get(ROLLBACK_REASON_TAG)
-    if route.get("canary") is None and recorded:
-        return CanaryResult("rolled_back", recorded, canary, route.get("stable", ""), [])
+    recorded = RollbackTags.from_tags(run.client.version_tags(challenger))
+    if route.get("canary") is None and recorded is not None and recorded.reason:
+        return CanaryResult("rolled_back", recorded.reason, canary, route.get("stable", ""), [])
     rollback(admin, ROUTE, fleet)
     fleet.stop(canary)  # also an engine that never became healthy enough to be routed to
     raise dg.Failure(

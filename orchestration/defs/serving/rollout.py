@@ -19,13 +19,11 @@ import datetime as dt
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from registry import RegistryClient
+from registry import Lineage, RegistryClient, RollbackTags, set_version_tags
 from serving.canary import CanaryResult
 from serving.canary_evidence import Probe, ProbeSet
 from serving.gateway.state import StateStore
 from serving.supervisor import StackPaths, read_json
-
-ROLLBACK_REASON_TAG = "rollback.reason"  # the tag ``registry.promote`` refuses without a force
 
 
 class ProbeDataError(ValueError):
@@ -43,9 +41,11 @@ def load_probes(
     from evaluation.heldout import HeldoutDataError, load_heldout
 
     sources: list[tuple[str, int | None]] = []
-    if tags.get("lineage.data_path"):
-        version = tags.get("eval.data_version") or tags.get("lineage.data_version")
-        sources.append((tags["lineage.data_path"], int(version) if version else None))
+    lineage = Lineage.from_tags(tags)
+    if lineage.data_path:
+        evaluated_on = tags.get("eval.data_version")
+        version = int(evaluated_on) if evaluated_on else lineage.data_version
+        sources.append((lineage.data_path, version))
     sources.append((str(fallback_corpus), None))
     problems = []
     for path, data_version in sources:
@@ -99,19 +99,10 @@ def now() -> str:
 def record_rollback(client: RegistryClient, version: str, reason: str, actor: str) -> bool:
     """Tag ``version`` as rolled back; ``False`` when it already was (the first cause stays:
     later detections of the same failure are echoes of it)."""
-    if ROLLBACK_REASON_TAG in client.version_tags(version):
+    if RollbackTags.from_tags(client.version_tags(version)) is not None:
         return False
-    name = client.config.model_name
-    tags = {
-        ROLLBACK_REASON_TAG: reason[:4000],
-        "rollback.by": actor,
-        "rollback.at": now(),
-        "canary.decision": "rolled_back",
-    }
-    for key, value in tags.items():
-        client.call(
-            "set_model_version_tag", client.mlflow.set_model_version_tag, name, version, key, value
-        )
+    rolled_back = RollbackTags(reason=reason[:4000], by=actor, at=now())
+    set_version_tags(client, version, {**rolled_back.tags(), "canary.decision": "rolled_back"})
     return True
 
 

@@ -20,7 +20,7 @@ import yaml
 
 from serving import stack
 from serving.gateway.client import GatewayAdmin
-from serving.partners.fake import FakePartnerServer
+from testing.partners.fake import FakePartnerServer
 
 ADMIN_TOKEN = "partners-test-admin-token"
 PROBE_INTERVAL_S = 0.5

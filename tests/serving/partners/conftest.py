@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from serving.partners.fake import FakePartnerServer
+from testing.partners.fake import FakePartnerServer
 
 
 @pytest.fixture

@@ -437,7 +437,7 @@ def test_fake_partner_control_endpoint(partner):
 def test_fake_partner_runs_as_a_command(helpers, tmp_path, monkeypatch):
     port = helpers.free_port()
     url = f"http://127.0.0.1:{port}"
-    args = ["-m", "serving.partners.fake", "--kind", "gemini", "--name", "gem", "--key", KEY]
+    args = ["-m", "testing.partners.fake", "--kind", "gemini", "--name", "gem", "--key", KEY]
     proc = helpers.Proc(
         [*args, "--port", str(port)], url, tmp_path / "fake.log", helpers.child_env()
     )

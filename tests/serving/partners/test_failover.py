@@ -24,7 +24,7 @@ import openai
 import pytest
 
 from serving.gateway.client import GatewayAdmin
-from serving.partners.fake import FakePartnerServer
+from testing.partners.fake import FakePartnerServer
 
 pytestmark = pytest.mark.slow
 

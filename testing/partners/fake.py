@@ -8,14 +8,14 @@ API would (a missing ``max_tokens`` is a 400 for Anthropic), so an adapter mappi
 fails a test rather than passing silently.
 
 The answer is ``partner:<name> says hi``, so a test can tell which partner answered (the
-dialects and the answer live in :mod:`serving.partners.fake_wire`).
+dialects and the answer live in :mod:`testing.partners.fake_wire`).
 
 The failure mode is switched at runtime with ``POST /_control {"mode": ..., <params>}`` or
 :meth:`FakePartner.set_mode`; ``GET /_control`` returns the mode, request counts and the last
 request body; ``GET /health`` answers 200 whatever the mode (it says the process is up, not
 that the partner API works). "Connection refused" is the server stopped (:meth:`FakePartnerServer.stop`).
 
-    python -m serving.partners.fake --kind anthropic --port 9101 --name claude --key K
+    python -m testing.partners.fake --kind anthropic --port 9101 --name claude --key K
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from serving.partners.fake_wire import WIRES, Answer, Ask, BadRequest, answer_for
 from serving.partners.spec import KINDS
+from testing.partners.fake_wire import WIRES, Answer, Ask, BadRequest, answer_for
 
 MODES = (
     "ok",

@@ -1,0 +1,1 @@
+"""Fake partner APIs speaking the real OpenAI, Anthropic and Gemini wire formats."""
