@@ -6,7 +6,8 @@ documented environment variables, unless the operator set them), so that the ret
 lives in one place: ``RegistryClient.call``. Only transient failures (connection refused,
 timeouts, 5xx, SQLite "database is locked") are retried; a "not found" or "invalid
 parameter" is an answer, not an outage, and is raised at once. When the attempts run out a
-``RegistryUnavailableError`` names the URI and the operation.
+``RegistryUnavailableError`` names the URI and the operation. Each call is one span
+(``mlflow OPERATION``) when traces are exported (``observability/tracing.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import requests
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from observability.tracing import span
 from registry.config import RegistryConfig
 from registry.errors import RegistryUnavailableError
 
@@ -51,6 +53,10 @@ class RegistryClient:
 
     def call(self, operation: str, fn: Callable[..., T], *args, **kwargs) -> T:
         """Run ``fn(*args, **kwargs)``, retrying transient failures with exponential backoff."""
+        with span(f"mlflow {operation}", operation=operation, model=self.config.model_name):
+            return self._call(operation, fn, *args, **kwargs)
+
+    def _call(self, operation: str, fn: Callable[..., T], *args, **kwargs) -> T:
         cfg = self.config
         for attempt in range(1, cfg.attempts + 1):
             try:

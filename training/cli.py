@@ -9,6 +9,10 @@ with torchrun sharing its rendezvous TCP store with the workers, the automatic r
 after a crashed worker fails most of the time on CPU (gloo "connectFullMesh failed").
 Refusals (bad input, an incompatible checkpoint) print one ``error:`` line on stderr and
 exit with a non-zero code; nothing in the output directory is changed.
+
+Each rank's run is one span (``rank N``) continuing the ``TRACEPARENT`` its launcher hands
+down (the Dagster asset's span), exported when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set; log
+lines carry that trace id either way.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from observability.logs import (
     configure_logging,
     stream_handler,
 )
+from observability.tracing import configure_tracing, shutdown, span_from_env
 from training.config import ENGINES, load_config
 from training.errors import IncompatibleCheckpointError, TrainingInputError
 from training.train import Dist, PeerError, RunArgs, Trainer, env_dist
@@ -142,6 +147,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
         return 2
     setup_logging(args.output, d)
+    configure_tracing("trainer")
+    try:
+        with span_from_env(f"rank {d.rank}", rank=d.rank, world=d.world_size, restart=d.restart):
+            return _run(args, cfg, d)
+    finally:
+        shutdown()  # the rank's spans leave before torchrun reaps the process
+
+
+def _run(args: argparse.Namespace, cfg, d: Dist) -> int:
     log = logging.getLogger("training")
     log.info(
         "rank %d/%d pid %d restart %d device %s",

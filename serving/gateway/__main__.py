@@ -19,6 +19,8 @@ from pathlib import Path
 import uvicorn
 
 from observability.logs import configure_logging
+from observability.tracing import configure_tracing
+from observability.tracing_http import trace_asgi
 from serving.errors import InvalidRequest
 from serving.gateway.app import GatewayConfig, create_app
 from serving.partners.config import ServingConfigError, default_config_path, load_serving_config
@@ -71,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     configure_logging("gateway")
+    configure_tracing("gateway")
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # one line per request otherwise
 
     config_path = args.config or default_config_path()
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     except InvalidRequest as exc:  # the config declares a name the saved state uses otherwise
         parser.error(f"serving config {config_path}: {exc.message}")
     uvicorn.run(
-        app,
+        trace_asgi(app, "serving.gateway"),
         host=args.host,
         port=args.port,
         log_level="warning",

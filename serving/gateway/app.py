@@ -185,7 +185,13 @@ def create_app(config: GatewayConfig) -> GatewayASGI:
                     await watcher
                 await pool.aclose()
 
-    app = FastAPI(title="sovereign-mlops gateway", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app = FastAPI(
+        title="sovereign-mlops gateway",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+        telemetry={"tracing": False},  # spans come from observability.tracing_http alone
+    )
 
     install_error_handlers(app)
 

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 from starlette.responses import Response, StreamingResponse
 
 from observability.logs import REQUEST_ID_HEADER, request_id_from, request_id_var
+from observability.tracing_http import http
 from serving.errors import (
     InvalidRequest,
     NotFound,
@@ -106,6 +107,7 @@ class Proxy:
         self.max_body_bytes = max_body_bytes
         self.partners = partners
         self.keys = keys
+        self.tracing = http(__name__)  # a do-nothing stand-in unless traces are exported
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":  # no lifespan of its own: the pool's owner closes it
@@ -199,9 +201,11 @@ class Proxy:
             self.metrics.attempt(label, backend.name)
             started = time.perf_counter()
             try:
-                upstream = await self.pool.request(
-                    "POST", backend.url + path, content, headers, backend.timeout_s
-                )
+                with self.tracing.client(backend.name, headers) as span:  # sets `traceparent`
+                    upstream = await self.pool.request(
+                        "POST", backend.url + path, content, headers, backend.timeout_s
+                    )
+                    span.response(upstream.status)
             except UpstreamTimeout:
                 backend.slots.release()
                 self._failed(label, backend, "timeout")

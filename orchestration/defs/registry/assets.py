@@ -20,6 +20,7 @@ import dagster as dg
 
 from evaluation.gate import GateConfig
 from orchestration.resources import MlopsHome
+from orchestration.tracing import traced_step
 from registry import (
     CHALLENGER,
     CHAMPION,
@@ -194,6 +195,7 @@ def evaluation_metadata(report) -> dict:
 
 
 @dg.asset(group_name="registry", deps=[evaluation], kinds={"mlflow"}, owners=OWNERS)
+@traced_step
 def registered_model(
     context: dg.AssetExecutionContext, mlflow_registry: MlflowResource
 ) -> dg.MaterializeResult:
@@ -278,6 +280,7 @@ def promote_to_champion(
 
 
 @dg.asset(group_name="registry", deps=[registered_model], kinds={"mlflow"}, owners=OWNERS)
+@traced_step
 def champion(
     context: dg.AssetExecutionContext, config: PromotionConfig, mlflow_registry: MlflowResource
 ) -> dg.MaterializeResult:

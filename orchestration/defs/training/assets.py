@@ -18,8 +18,10 @@ from typing import Literal
 
 import dagster as dg
 
+from observability.tracing import child_env
 from orchestration.defs.registry.resources import MlflowResource
 from orchestration.resources import MlopsHome
+from orchestration.tracing import traced_step
 from registry.config import RegistryConfig
 from training import loss_curve
 
@@ -56,6 +58,7 @@ class TrainRunConfig(dg.Config):
     owners=["team:ml-platform"],
     retry_policy=dg.RetryPolicy(max_retries=2, delay=10),
 )
+@traced_step
 def trained_model(
     context: dg.AssetExecutionContext,
     config: TrainRunConfig,
@@ -94,11 +97,11 @@ def trained_model(
     else:
         command = trainer.command(**args)
     context.log.info(f"launching: {' '.join(command)}")
-    # Every trainer log line carries the run id (see observability.logs).
+    # Every trainer log line carries the run id (see observability.logs), and with the
+    # step's span as TRACEPARENT every rank's span joins the run's trace.
+    env = {"DAGSTER_RUN_ID": context.run_id, **child_env()}
     result = (
-        trainer.client()
-        .run(command=command, context=context, env={"DAGSTER_RUN_ID": context.run_id})
-        .get_materialize_result()
+        trainer.client().run(command=command, context=context, env=env).get_materialize_result()
     )
     extra = loss_curve_metadata(loss_curve.curve_path(output))
     if not extra:
