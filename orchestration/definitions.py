@@ -19,6 +19,12 @@ from orchestration.resources import MlopsHome
 # deploy/dagster/*.yaml name a run-log handler (the JSON logs option); Dagster marks
 # yaml-defined handlers beta and would print that on every step of every run.
 warnings.filterwarnings("ignore", message="Handling yaml-defined logging configuration")
+# Raised by Dagster's own Pipes client on every training launch: nothing a user can act on.
+warnings.filterwarnings(
+    "ignore",
+    message=r"Function `PipesMessageReader.expected_writer_count`",
+    category=dg.PreviewWarning,
+)
 
 train = dg.define_asset_job(
     "train",

@@ -40,7 +40,8 @@ def main() -> int:
     )
     print(
         f"MLflow UI:   .venv/bin/mlflow server --backend-store-uri {config.tracking_uri} "
-        f"--host 127.0.0.1 --port 5000   # http://127.0.0.1:5000"
+        + (f"--default-artifact-root {config.artifact_root} " if config.artifact_root else "")
+        + "--host 127.0.0.1 --port 5000   # http://127.0.0.1:5000"
     )
     print(f"registry:    {config.model_name} aliases {aliases or '(none)'}")
     if champion:

@@ -110,7 +110,10 @@ def setup_logging(output: Path, d: Dist) -> None:
         "%(message)s" if d.rank == 0 else f"rank{d.rank}: %(message)s",
     )
     console.addFilter(stamp)
-    console.setLevel(logging.INFO if d.rank == 0 else logging.WARNING)
+    # Under Dagster Pipes rank 0's progress reaches the run's log through Pipes; printed on
+    # stdout as well (which Dagster forwards) every line would show twice.
+    progress = d.rank == 0 and not os.environ.get("DAGSTER_PIPES_CONTEXT")
+    console.setLevel(logging.INFO if progress else logging.WARNING)
     root.addHandler(console)
 
 

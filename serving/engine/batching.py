@@ -238,7 +238,9 @@ class BatchingEngine:
         if not scheduled_ns:  # its client left before a batch took it
             self.tracing.phases(("queue wait", queued_ns, done_ns))
             return
-        self.tracing.phases(("queue wait", queued_ns, scheduled_ns), ("generation", scheduled_ns, done_ns))
+        self.tracing.phases(
+            ("queue wait", queued_ns, scheduled_ns), ("generation", scheduled_ns, done_ns)
+        )
 
     async def score(self, prompt: str, top_n: int = 0) -> PromptLogprobs:
         """Log-likelihood of every prompt token given the ones before it (one forward pass).
