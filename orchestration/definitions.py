@@ -1,9 +1,9 @@
 """The Dagster code location: every domain's definitions, merged, plus cross-domain jobs.
 
-``dagster dev -w workspace.yaml`` and ``dagster job execute -m orchestration.definitions``
-both load ``defs`` from here. Each domain under ``orchestration/defs/`` exposes its own
-``defs``; this module only wires global policy: the shared ``mlops`` resource and the jobs
-that span domains (the main job ``train_and_deploy``).
+`dagster dev -w workspace.yaml` and `dagster job execute -m orchestration.definitions`
+both load `defs` from here. Each domain under `orchestration/defs/` exposes its own
+`defs`; this module only wires global policy: the shared `mlops` resource and the jobs
+that span domains (the main job `train_and_deploy`).
 """
 
 from __future__ import annotations

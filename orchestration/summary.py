@@ -1,8 +1,8 @@
-"""``python -m orchestration.summary``: where to look after the main job, and one answer.
+"""`python -m orchestration.summary`: where to look after the main job, and one answer.
 
-Printed at the end of ``make demo``: how to open the Dagster and MLflow UIs over this
-``$MLOPS_HOME``, which registry version is champion and the data it was trained on, the
-gateway URL, and one completion from the served model through the unmodified ``openai``
+Printed at the end of `make demo`: how to open the Dagster and MLflow UIs over this
+`$MLOPS_HOME`, which registry version is champion and the data it was trained on, the
+gateway URL, and one completion from the served model through the unmodified `openai`
 client, so a new user sees the whole loop work.
 """
 

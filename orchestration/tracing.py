@@ -3,7 +3,7 @@
 :func:`traced_step` wraps an asset or op body: it turns export on when the environment names
 an OTLP endpoint (read in the step's process, when the step runs) and makes the step's span
 current, so what the step calls joins the run's trace: the registry's MLflow calls
-(``registry/client.py``) and the torchrun ranks, which get the span as ``TRACEPARENT`` in
+(`registry/client.py`) and the torchrun ranks, which get the span as `TRACEPARENT` in
 their environment (:func:`observability.tracing.child_env`).
 """
 
@@ -19,9 +19,9 @@ F = TypeVar("F", bound=Callable)
 
 
 def traced_step(fn: F) -> F:
-    """``fn`` (whose first argument is the Dagster context) inside a span of its run's trace.
+    """`fn` (whose first argument is the Dagster context) inside a span of its run's trace.
 
-    ``functools.wraps`` keeps the name, docstring and signature Dagster reads.
+    `functools.wraps` keeps the name, docstring and signature Dagster reads.
     """
 
     @functools.wraps(fn)

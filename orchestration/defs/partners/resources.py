@@ -1,14 +1,14 @@
-"""``PartnerQuorum`` (resource key ``partners``) and where the partner layer's settings come from.
+"""`PartnerQuorum` (resource key `partners`) and where the partner layer's settings come from.
 
 The serving config (partners and fallback routes, YAML) is the gateway's: the Dagster side
-reads the same file, found the way the gateway finds it (``$MLOPS_SERVING_CONFIG``, else
-``$MLOPS_HOME/serving/config.yaml`` when it exists), for the dependency inventory.
+reads the same file, found the way the gateway finds it (`$MLOPS_SERVING_CONFIG`, else
+`$MLOPS_HOME/serving/config.yaml` when it exists), for the dependency inventory.
 
-The resource key ``partners`` is what makes an asset a partner user in the dependency
+The resource key `partners` is what makes an asset a partner user in the dependency
 inventory: only assets that really call partners (the quorum review) require it, so the
-``no_partner_on_critical_path`` check sees exactly who does.
+`no_partner_on_critical_path` check sees exactly who does.
 
-The sensor interval is read from ``MLOPS_PARTNER_SENSOR_INTERVAL_S`` when the code location
+The sensor interval is read from `MLOPS_PARTNER_SENSOR_INTERVAL_S` when the code location
 loads, because Dagster fixes a sensor's minimum interval when the sensor is defined.
 """
 
@@ -25,7 +25,7 @@ DEFAULT_INTERVAL_S = 30
 
 
 def sensor_interval_s() -> int:
-    """``MLOPS_PARTNER_SENSOR_INTERVAL_S`` (whole seconds, >= 1), default 30."""
+    """`MLOPS_PARTNER_SENSOR_INTERVAL_S` (whole seconds, >= 1), default 30."""
     raw = os.environ.get(INTERVAL_ENV, "").strip()
     if not raw:
         return DEFAULT_INTERVAL_S
@@ -39,7 +39,7 @@ def sensor_interval_s() -> int:
 
 
 def serving_config_path(home: Path) -> Path | None:
-    """The serving config the gateway reads, or ``None`` when there is none."""
+    """The serving config the gateway reads, or `None` when there is none."""
     explicit = os.environ.get(CONFIG_ENV)
     if explicit:
         return Path(explicit).expanduser()

@@ -1,12 +1,12 @@
-"""Assets of the registry domain: ``evaluation`` -> ``registered_model`` -> ``champion``.
+"""Assets of the registry domain: `evaluation` -> `registered_model` -> `champion`.
 
-* ``evaluation`` scores the newest ``trained_model`` (path and data version from that
+* `evaluation` scores the newest `trained_model` (path and data version from that
   asset's latest materialization metadata) and the current champion on the same held-out
-  examples, applies the gate, and writes the report under ``$MLOPS_HOME/evaluation/<run>``.
-* ``registered_model`` registers the evaluated artifact as a version of ``sovereign-lm``
-  with lineage and gate tags, logs the metrics to MLflow, and points ``challenger`` at it
-  when it passed. The blocking ``gate`` check (checks.py) stops ``champion`` otherwise.
-* ``champion`` promotes the challenger (or, with an explicit forced-promotion config, a
+  examples, applies the gate, and writes the report under `$MLOPS_HOME/evaluation/<run>`.
+* `registered_model` registers the evaluated artifact as a version of `sovereign-lm`
+  with lineage and gate tags, logs the metrics to MLflow, and points `challenger` at it
+  when it passed. The blocking `gate` check (checks.py) stops `champion` otherwise.
+* `champion` promotes the challenger (or, with an explicit forced-promotion config, a
   named version) under the registry lock.
 
 All three are safe to re-run: evaluation is deterministic, registration finds an already
@@ -46,7 +46,7 @@ OWNERS = ["team:ml-platform"]
 def latest_metadata(
     context: dg.AssetExecutionContext, key: dg.AssetKey, required: bool = True
 ) -> tuple[dict, str]:
-    """(metadata values, run id) of the latest materialization of ``key``."""
+    """(metadata values, run id) of the latest materialization of `key`."""
     event = context.instance.get_latest_materialization_event(key)
     if event is None or event.asset_materialization is None:
         if not required:
@@ -199,7 +199,7 @@ def evaluation_metadata(report) -> dict:
 def registered_model(
     context: dg.AssetExecutionContext, mlflow_registry: MlflowResource
 ) -> dg.MaterializeResult:
-    """The evaluated model as a version of ``sovereign-lm``; ``challenger`` if it passed."""
+    """The evaluated model as a version of `sovereign-lm`; `challenger` if it passed."""
     from evaluation.report import EvaluationReport
 
     evaluated, _ = latest_metadata(context, evaluation.key)
@@ -248,7 +248,7 @@ def history_table(client) -> dg.MetadataValue:
 
 class PromotionConfig(dg.Config):
     version: str = ""
-    """Version to promote; empty: the current ``challenger``."""
+    """Version to promote; empty: the current `challenger`."""
     force_reason: str = ""
     """Non-empty: promote even if the gate failed, recording this reason on the version."""
 
@@ -284,5 +284,5 @@ def promote_to_champion(
 def champion(
     context: dg.AssetExecutionContext, config: PromotionConfig, mlflow_registry: MlflowResource
 ) -> dg.MaterializeResult:
-    """The serving model: ``champion`` alias moved to the challenger (gated, idempotent)."""
+    """The serving model: `champion` alias moved to the challenger (gated, idempotent)."""
     return dg.MaterializeResult(metadata=promote_to_champion(context, config, mlflow_registry))

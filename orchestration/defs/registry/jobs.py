@@ -1,8 +1,8 @@
-"""Operator jobs of the registry domain: ``promote`` and ``rollback``.
+"""Operator jobs of the registry domain: `promote` and `rollback`.
 
-``promote`` materializes ``champion`` alone: the current challenger becomes champion if it
+`promote` materializes `champion` alone: the current challenger becomes champion if it
 passed the gate against the current champion (a no-op when it already is champion).
-``rollback`` moves ``champion`` back to ``previous-champion``; its reason is required and
+`rollback` moves `champion` back to `previous-champion`; its reason is required and
 recorded on the version that was rolled back; running it twice changes nothing.
 """
 

@@ -1,6 +1,6 @@
-"""The ``deployment`` asset: canary rollout of the registry's ``challenger``, and the ``deploy`` job.
+"""The `deployment` asset: canary rollout of the registry's `challenger`, and the `deploy` job.
 
-One materialization decides what serves ``sovereign-lm`` and makes the registry agree:
+One materialization decides what serves `sovereign-lm` and makes the registry agree:
 
 * no champion yet: the gated challenger is served as the stable backend and promoted
   directly (there is no stable model to compare a canary with);
@@ -8,14 +8,14 @@ One materialization decides what serves ``sovereign-lm`` and makes the registry 
   champion is what the gateway serves;
 * the challenger was rolled back before: no-op; it needs a new registration or a forced
   promotion, never a silent second attempt;
-* otherwise ``serving.canary.CanaryController`` shifts traffic step by step, with held-out
+* otherwise `serving.canary.CanaryController` shifts traffic step by step, with held-out
   probes as the quality signal (likelihood of held-out texts on any corpus, exact match on
-  held-out tasks where the corpus has them); each step needs ``min_requests`` canary
+  held-out tasks where the corpus has them); each step needs `min_requests` canary
   requests, topped up with those probes when users are too few. The registry promotion is
   its last step, so the champion alias moves only after the rollout has passed. A rollback
   is a correct outcome, not a failure: the asset materializes with decision
-  ``rolled_back`` and the reason, and its ``canary_passed`` check (WARN) fails, so it
-  shows without failing the job. Decision ``inconclusive`` (too little evidence) also
+  `rolled_back` and the reason, and its `canary_passed` check (WARN) fails, so it
+  shows without failing the job. Decision `inconclusive` (too little evidence) also
   leaves the champion serving, but tags nothing: the challenger may be rolled out again.
 
 Safe to re-run: each case is re-derived from the registry aliases and the gateway's state;
@@ -140,7 +140,7 @@ def deployment(
     mlflow_registry: MlflowResource,
     serving_stack: ServingStack,
 ) -> dg.MaterializeResult:
-    """The model serving ``sovereign-lm`` behind the gateway, and how it got there.
+    """The model serving `sovereign-lm` behind the gateway, and how it got there.
 
     Rolls the registry's challenger out as a canary against the champion (or serves it
     directly when there is no champion yet), promoting it only once every step passed.

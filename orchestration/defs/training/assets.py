@@ -1,14 +1,14 @@
-"""The ``trained_model`` asset: a model trained by torchrun on the pinned train split.
+"""The `trained_model` asset: a model trained by torchrun on the pinned train split.
 
-The asset is a thin launcher: ``training`` (the torchrun program) does the work and
+The asset is a thin launcher: `training` (the torchrun program) does the work and
 reports back through Dagster Pipes (progress lines as logs; model path, data version,
 steps, final loss, throughput and wall time as materialization metadata). The loss curve
 that rank 0 draws is added here, inline as a markdown image plus its path, so the Dagster
 UI shows it without the large image travelling through the Pipes channel. With
-``hosts`` in the ``trainer`` resource it runs one torchrun agent per host
-(``training.multinode``) and reports the group's world sizes and recoveries. The output
-directory is ``$MLOPS_HOME/training/<run_id>/``, so a retry of the same run (the
-``RetryPolicy`` below) resumes from that run's checkpoints instead of starting over,
+`hosts` in the `trainer` resource it runs one torchrun agent per host
+(`training.multinode`) and reports the group's world sizes and recoveries. The output
+directory is `$MLOPS_HOME/training/<run_id>/`, so a retry of the same run (the
+`RetryPolicy` below) resumes from that run's checkpoints instead of starting over,
 while a new run trains a new model. Safe to re-run: nothing outside that directory is
 written, and a finished directory is only re-exported.
 """
@@ -41,8 +41,8 @@ class TrainRunConfig(dg.Config):
     """Pinned seed; empty: one derived from the run id (varies across runs, recorded, and the
     same on a retry of this run, so the retry resumes its checkpoints)."""
     init: Literal["auto", "scratch", "champion"] = "auto"
-    """``champion``: warm-start from the champion's weights (fine-tune on the current data);
-    ``scratch``: random init; ``auto``: the champion when there is one whose shapes fit."""
+    """`champion`: warm-start from the champion's weights (fine-tune on the current data);
+    `scratch`: random init; `auto`: the champion when there is one whose shapes fit."""
     checkpoint_every: int = 50
     """Steps between checkpoints (one is always written at the end)."""
     max_restarts: int = 3
@@ -123,7 +123,7 @@ def trained_model(
 
 
 def loss_curve_metadata(path: Path) -> dict[str, dg.MetadataValue]:
-    """The loss curve PNG at ``path`` as asset metadata; empty when there is no usable PNG."""
+    """The loss curve PNG at `path` as asset metadata; empty when there is no usable PNG."""
     try:
         image = loss_curve.markdown_image(path)
     except (OSError, ValueError):
