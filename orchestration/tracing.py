@@ -27,7 +27,7 @@ def traced_step(fn: F) -> F:
     @functools.wraps(fn)
     def step(context, *args, **kwargs):
         configure_tracing("dagster")
-        with run_span(fn.__name__, context.run_id, run_id=context.run_id):
+        with run_span(fn.__name__, context.run_id, **{"dagster.run_id": context.run_id}):
             return fn(context, *args, **kwargs)
 
     return step  # type: ignore[return-value]
