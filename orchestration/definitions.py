@@ -38,7 +38,8 @@ train = dg.define_asset_job(
 train_and_deploy = dg.define_asset_job(
     "train_and_deploy",
     # `champion` is the operator's direct promotion (job `promote`); in the main job the
-    # challenger becomes champion at the end of a successful canary rollout instead. The
+    # challenger becomes champion at the end of a successful canary rollout instead, and
+    # `deployment` records that move as a materialization of `champion`. The
     # partner layer's assets stay out: the main job must complete with every partner gone.
     selection=dg.AssetSelection.all()
     - dg.AssetSelection.assets("champion")

@@ -7,12 +7,16 @@
   with lineage and gate tags, logs the metrics to MLflow, and points `challenger` at it
   when it passed. The blocking `gate` check (checks.py) stops `champion` otherwise.
 * `champion` promotes the challenger (or, with an explicit forced-promotion config, a
-  named version) under the registry lock.
+  named version) under the registry lock. The main job moves the alias at the end of its
+  canary rollout instead, and `rollback` moves it back: both record that move as a
+  materialization of `champion` (`report_champion`), so its latest materialization always
+  names the version MLflow's alias points at.
 
 All three are safe to re-run: evaluation is deterministic, registration finds an already
 registered artifact by its digest, and promoting the current champion is a no-op.
 """
 
+import contextlib
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +28,7 @@ from orchestration.tracing import traced_step
 from registry import (
     CHALLENGER,
     CHAMPION,
+    AliasChange,
     ForcedPromotion,
     RegistryError,
     download_model_dir,
@@ -37,6 +42,7 @@ from registry.promotion import alias_history
 from .resources import MlflowResource
 
 TRAINED_MODEL = dg.AssetKey("trained_model")
+CHAMPION_KEY = dg.AssetKey("champion")
 EVAL_SUITES = dg.AssetKey("eval_suites")
 
 
@@ -253,6 +259,33 @@ class PromotionConfig(dg.Config):
     """Non-empty: promote even if the gate failed, recording this reason on the version."""
 
 
+def champion_metadata(
+    change: AliasChange, kind: str, reason: str, client, mlflow_registry: MlflowResource
+) -> dict:
+    """What every move of the alias records on `champion`, whichever step made it."""
+    meta = {
+        "champion": change.champion or "none",
+        "previous_champion": change.previous_champion or "none",
+        "changed": change.changed,
+        "kind": kind,
+        "reason": reason,
+        "message": change.message,
+        "model_version_url": dg.MetadataValue.url(mlflow_registry.version_url(change.champion)),
+    }
+    # the move itself is done and recorded in MLflow; only this view of it may be missing
+    with contextlib.suppress(RegistryError):
+        meta["alias_history"] = history_table(client)
+    return meta
+
+
+def report_champion(
+    context: dg.OpExecutionContext | dg.AssetExecutionContext, metadata: dict
+) -> None:
+    """Record an alias move made outside the `champion` asset (the rollout's promotion, a
+    rollback) as a materialization of `champion`, so Dagster shows what MLflow serves."""
+    context.log_event(dg.AssetMaterialization(asset_key=CHAMPION_KEY, metadata=metadata))
+
+
 def promote_to_champion(
     context: dg.OpExecutionContext | dg.AssetExecutionContext,
     config: PromotionConfig,
@@ -265,18 +298,12 @@ def promote_to_champion(
             raise dg.Failure("no challenger to promote: register a model that passes the gate")
         force = ForcedPromotion(config.force_reason) if config.force_reason else None
         change = promote(client, version, f"dagster:{context.run_id}", force=force)
+        reason = config.force_reason or "operator promotion of the gated challenger"
+        meta = champion_metadata(change, "promotion", reason, client, mlflow_registry)
     except (RegistryError, ValueError) as exc:
         raise registry_failure(exc) from exc
     context.log.info(change.message)
-    return {
-        "alias_history": history_table(client),
-        "champion": change.champion,
-        "previous_champion": change.previous_champion or "none",
-        "changed": change.changed,
-        "forced": force is not None,
-        "message": change.message,
-        "model_version_url": dg.MetadataValue.url(mlflow_registry.version_url(change.champion)),
-    }
+    return {**meta, "forced": force is not None}
 
 
 @dg.asset(group_name="registry", deps=[registered_model], kinds={"mlflow"}, owners=OWNERS)

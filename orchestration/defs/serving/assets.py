@@ -30,7 +30,7 @@ import dagster as dg
 import httpx
 
 from evaluation.gate import GateConfig
-from orchestration.defs.registry.assets import history_table
+from orchestration.defs.registry.assets import champion_metadata, history_table, report_champion
 from orchestration.defs.registry.resources import MlflowResource
 from orchestration.jobs import ROLLOUT_TAGS
 from orchestration.resources import MlopsHome
@@ -174,11 +174,11 @@ def deployment(
             meta = _metadata("noop", reason, challenger, champion)
         elif champion is None:
             admin, meta = _first_deployment(
-                context, serving_stack, client, challenger, home, config
+                context, serving_stack, mlflow_registry, challenger, home, config
             )
         else:
             admin, meta = _canary(
-                context, serving_stack, client, challenger, champion, home, config
+                context, serving_stack, mlflow_registry, challenger, champion, home, config
             )
     except _EXPECTED as exc:
         raise dg.Failure(description=str(exc), metadata={"error": type(exc).__name__}) from exc
@@ -203,7 +203,8 @@ def deployment(
     )
 
 
-def _first_deployment(context, serving: ServingStack, client, challenger, home, config):
+def _first_deployment(context, serving: ServingStack, mlflow_registry, challenger, home, config):
+    client = mlflow_registry.client()
     model_dir = fetch_model_dir(client, challenger, home / "serving" / "models")
     admin = serving.serve(home, model_dir)  # a model that cannot be served never gets promoted
     tags = client.version_tags(challenger)
@@ -222,6 +223,9 @@ def _first_deployment(context, serving: ServingStack, client, challenger, home, 
         evidence={"probes": {"tasks": len(probes.tasks), "exact_match": accuracy}},
     )
     context.log.info(change.message)
+    report_champion(
+        context, champion_metadata(change, "first-deployment", reason, client, mlflow_registry)
+    )
     meta = _metadata("promoted", reason, challenger, change.champion)
     # recorded, not gated: the evaluation gate judged this model, and there is no stable
     # model whose accuracy the served one could be compared with
@@ -231,7 +235,10 @@ def _first_deployment(context, serving: ServingStack, client, challenger, home, 
     return admin, meta
 
 
-def _canary(context, serving: ServingStack, client, challenger, champion, home: Path, config):
+def _canary(
+    context, serving: ServingStack, mlflow_registry, challenger, champion, home: Path, config
+):
+    client = mlflow_registry.client()
     models = home / "serving" / "models"
     actor = f"dagster:{context.run_id}"
     canary_config = config.canary(serving)
@@ -253,19 +260,19 @@ def _canary(context, serving: ServingStack, client, challenger, champion, home: 
     def promote_challenger() -> None:
         steps = controller.current.timeline if controller.current else []
         evidence = {"canary": {"decision": "passed", "steps": [_step_evidence(s) for s in steps]}}
+        reason = f"canary passed {len(steps)} steps against v{champion}"
         try:
             change = promote(
-                client,
-                challenger,
-                actor,
-                kind="canary-promotion",
-                reason=f"canary passed {len(steps)} steps against v{champion}",
-                evidence=evidence,
+                client, challenger, actor, kind="canary-promotion", reason=reason, evidence=evidence
             )
             context.log.info(change.message)
         except Exception as exc:  # the controller rolls back; the asset fails afterwards
             promote_errors.append(exc)
             raise
+        # the alias has moved: Dagster must say so even if the rest of the rollout fails
+        report_champion(
+            context, champion_metadata(change, "canary-promotion", reason, client, mlflow_registry)
+        )
 
     def on_rollback(reason: str) -> None:
         if not promote_errors:  # a registry conflict is no verdict on the model
