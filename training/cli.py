@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from observability.hf import route_transformers_logs
+from observability.hf import disable_progress_bars, route_transformers_logs
 from observability.logs import (
     ContextFilter,
     bind,
@@ -115,6 +115,9 @@ def setup_logging(output: Path, d: Dist) -> None:
     progress = d.rank == 0 and not os.environ.get("DAGSTER_PIPES_CONTEXT")
     console.setLevel(logging.INFO if progress else logging.WARNING)
     root.addHandler(console)
+    # the trainer reports progress in its log lines; transformers' bar for writing the
+    # weights at export would print raw tqdm frames among them (text logs too)
+    disable_progress_bars()
 
 
 def init_process_group(d: Dist, timeout_s: float) -> None:
