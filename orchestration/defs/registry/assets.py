@@ -126,6 +126,9 @@ def evaluation(
         raise dg.Failure("trained_model materialization lacks the model_path metadata")
     from evaluation.report import evaluate  # torch loads only when a model is scored
     from evaluation.suites import load_suites
+    from observability.hf import disable_progress_bars
+
+    disable_progress_bars()  # tqdm frames of loading weights would clutter the run's log
 
     workdir = mlops.path("evaluation", context.run_id)
     try:
