@@ -227,15 +227,17 @@ def register_version(
     if created:
         run_id, model_uri = _log_run(client, model_dir, report, lineage)
         # The client call, not mlflow.register_model: the model exists already
-        # (_ensure_registered_model), and the fluent call would print that it does.
-        mv = client.call(
-            "create_model_version",
-            client.mlflow.create_model_version,
-            name,
-            model_uri,
-            tags=lineage.tags(),
-            model_id=model_uri.removeprefix("models:/"),
-        )
+        # (_ensure_registered_model), and the fluent call would print that it does. MLflow
+        # resolves the `models:/<id>` source through the global tracking URI, hence the block.
+        with fluent_uris(client.config.tracking_uri):
+            mv = client.call(
+                "create_model_version",
+                client.mlflow.create_model_version,
+                name,
+                model_uri,
+                tags=lineage.tags(),
+                model_id=model_uri.removeprefix("models:/"),
+            )
         version = mv.version
     else:
         run_id = client.call(
