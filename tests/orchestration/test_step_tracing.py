@@ -2,8 +2,6 @@
 trace id is its run id (so its log lines and the ``TRACEPARENT`` it hands to torchrun name
 the run's trace), also with export off; the wrapped asset keeps its name and docstring."""
 
-from __future__ import annotations
-
 import dagster as dg
 
 from observability import tracing

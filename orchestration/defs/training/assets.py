@@ -13,6 +13,7 @@ while a new run trains a new model. Safe to re-run: nothing outside that directo
 written, and a finished directory is only re-exported.
 """
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -100,6 +101,10 @@ def trained_model(
     # Every trainer log line carries the run id (see observability.logs), and with the
     # step's span as TRACEPARENT every rank's span joins the run's trace.
     env = {"DAGSTER_RUN_ID": context.run_id, **child_env()}
+    if config.nproc > 1 and not trainer.omp_num_threads and "OMP_NUM_THREADS" not in os.environ:
+        # torchrun's own choice for several workers per host, made here so that torchrun
+        # does not print a banner about having made it
+        env["OMP_NUM_THREADS"] = "1"
     result = (
         trainer.client().run(command=command, context=context, env=env).get_materialize_result()
     )
