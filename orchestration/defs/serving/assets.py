@@ -12,7 +12,9 @@ One materialization decides what serves `sovereign-lm` and makes the registry ag
   probes as the quality signal (likelihood of held-out texts on any corpus, exact match on
   held-out tasks where the corpus has them); each step needs `min_requests` canary
   requests, topped up with those probes when users are too few. The registry promotion is
-  its last step, so the champion alias moves only after the rollout has passed. A rollback
+  its last step, so the champion alias moves only after the rollout has passed. Each move
+  of the alias here (this case and the first deployment) is also a materialization of
+  `champion`, so Dagster shows the version MLflow serves. A rollback
   is a correct outcome, not a failure: the asset materializes with decision
   `rolled_back` and the reason, and its `canary_passed` check (WARN) fails, so it
   shows without failing the job. Decision `inconclusive` (too little evidence) also
