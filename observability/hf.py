@@ -15,4 +15,11 @@ def route_transformers_logs() -> None:
 
     hf_logging.disable_default_handler()
     hf_logging.enable_propagation()
+    disable_progress_bars()
+
+
+def disable_progress_bars() -> None:
+    """No ``transformers`` tqdm bars in this process (loading and writing weights)."""
+    from transformers.utils import logging as hf_logging
+
     hf_logging.disable_progress_bar()

@@ -16,7 +16,8 @@ a trainer belongs to, the model version an engine serves, the torch rank) are bo
 from ``DAGSTER_RUN_ID``, ``MLOPS_MODEL_VERSION`` and torchrun's ``RANK``, and apply to every
 thread; values that hold for one request live in context variables (``request_id_var``),
 which asyncio copies into each task, so concurrent requests never see each other's id.
-A context variable that is set wins over the process-wide value.
+A context variable that is set wins over the process-wide value. Inside an OpenTelemetry
+span (see :mod:`observability.tracing`) a line also carries ``trace_id`` and ``span_id``.
 
 Extra attributes given with ``extra={...}`` become JSON fields (as strings unless they are
 plain scalars, so no object a library attaches can break a line). Dagster's own run logs reach
@@ -37,6 +38,8 @@ import uuid
 from contextvars import ContextVar
 from typing import Any, Literal, TextIO
 
+from observability.tracing import current_ids
+
 LogFormat = Literal["text", "json"]
 
 FORMAT_ENV = "MLOPS_LOG_FORMAT"
@@ -45,6 +48,7 @@ MODEL_VERSION_ENV = "MLOPS_MODEL_VERSION"
 REQUEST_ID_HEADER = "x-request-id"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 CONTEXT_FIELDS = ("run_id", "model_version", "request_id", "rank")
+TRACE_FIELDS = ("trace_id", "span_id")
 
 run_id_var: ContextVar[str | None] = ContextVar("mlops_run_id", default=None)
 model_version_var: ContextVar[str | None] = ContextVar("mlops_model_version", default=None)
@@ -91,6 +95,9 @@ def current_context() -> dict[str, Any]:
         value = var.get()
         if value is not None:
             values[name] = value
+    ids = current_ids()
+    if ids is not None:
+        values["trace_id"], values["span_id"] = ids
     return values
 
 
@@ -133,7 +140,7 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         entry.update(_dagster_fields(record))
-        for name in CONTEXT_FIELDS:
+        for name in CONTEXT_FIELDS + TRACE_FIELDS:
             value = getattr(record, name, None)
             if value is not None:
                 entry.setdefault(name, value)

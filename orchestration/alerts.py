@@ -1,6 +1,6 @@
-"""Alerts: a failed run is recorded under ``$MLOPS_HOME/alerts`` and sent to notifiers.
+"""Alerts: a failed run is recorded under `$MLOPS_HOME/alerts` and sent to notifiers.
 
-A notifier is anything with ``notify(alert)``. Two ship: a log line (always on) and a
+A notifier is anything with `notify(alert)`. Two ship: a log line (always on) and a
 webhook that POSTs the alert as JSON (on when a URL is configured). The webhook is bounded:
 a timeout per attempt and a few attempts with backoff; when it still fails, the failure is
 logged and recorded in the alert file, never raised, so an unreachable alerting endpoint
@@ -88,7 +88,7 @@ class _Refused(Exception):
 
 
 def record_and_notify(alert: Alert, record_file: Path, notifiers: list[Notifier]) -> list[str]:
-    """Append the alert to ``record_file`` (JSON Lines), notify everyone; return delivery errors."""
+    """Append the alert to `record_file` (JSON Lines), notify everyone; return delivery errors."""
     errors = []
     for notifier in notifiers:
         try:

@@ -1,9 +1,9 @@
 """The Dagster code location: every domain's definitions, merged, plus cross-domain jobs.
 
-``dagster dev -w workspace.yaml`` and ``dagster job execute -m orchestration.definitions``
-both load ``defs`` from here. Each domain under ``orchestration/defs/`` exposes its own
-``defs``; this module only wires global policy: the shared ``mlops`` resource and the jobs
-that span domains (the main job ``train_and_deploy``).
+`dagster dev -w workspace.yaml` and `dagster job execute -m orchestration.definitions`
+both load `defs` from here. Each domain under `orchestration/defs/` exposes its own
+`defs`; this module only wires global policy: the shared `mlops` resource and the jobs
+that span domains (the main job `train_and_deploy`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,12 @@ from orchestration.resources import MlopsHome
 # deploy/dagster/*.yaml name a run-log handler (the JSON logs option); Dagster marks
 # yaml-defined handlers beta and would print that on every step of every run.
 warnings.filterwarnings("ignore", message="Handling yaml-defined logging configuration")
+# Raised by Dagster's own Pipes client on every training launch: nothing a user can act on.
+warnings.filterwarnings(
+    "ignore",
+    message=r"Function `PipesMessageReader.expected_writer_count`",
+    category=dg.PreviewWarning,
+)
 
 train = dg.define_asset_job(
     "train",
@@ -33,7 +39,8 @@ train = dg.define_asset_job(
 train_and_deploy = dg.define_asset_job(
     "train_and_deploy",
     # `champion` is the operator's direct promotion (job `promote`); in the main job the
-    # challenger becomes champion at the end of a successful canary rollout instead. The
+    # challenger becomes champion at the end of a successful canary rollout instead, and
+    # `deployment` records that move as a materialization of `champion`. The
     # partner layer's assets stay out: the main job must complete with every partner gone.
     selection=dg.AssetSelection.all()
     - dg.AssetSelection.assets("champion")

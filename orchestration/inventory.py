@@ -1,25 +1,25 @@
 """The dependency inventory: every external thing the system touches at run time, and who needs it.
 
-Pure logic, no Dagster: the ``dependency_inventory`` asset (orchestration/defs/partners)
+Pure logic, no Dagster: the `dependency_inventory` asset (orchestration/defs/partners)
 feeds it facts it reads from the code location and the environment, and tests feed it
 hand-made graphs.
 
 * A :class:`Dependency` is one external thing (a partner API, MLflow, the Dagster instance
   storage, the lake, the gateway, an engine, an installed Python package) with its tier
-  (``sovereign`` / ``partner`` / ``transactional``), where it is (a URL or path, never a
+  (`sovereign` / `partner` / `transactional`), where it is (a URL or path, never a
   secret) and its fallback.
 * An :class:`AssetUse` says which dependencies one asset needs; the Dagster side derives it
   from the asset's resource keys and kinds through :data:`RESOURCE_NEEDS` and
   :data:`KIND_NEEDS`, so a new asset is inventoried by being wired, not by being listed.
-* Routes need what serves them: ``sovereign-lm`` the gateway, the engine and the serving
-  path's packages; a fallback route each partner in its order plus what ``sovereign-lm``
+* Routes need what serves them: `sovereign-lm` the gateway, the engine and the serving
+  path's packages; a fallback route each partner in its order plus what `sovereign-lm`
   needs (every fallback route ends in a local route).
 * A dependency is on the critical path when a critical-path asset (one upstream of the
-  served model in the main job) or the ``sovereign-lm`` route needs it. A partner-tier
+  served model in the main job) or the `sovereign-lm` route needs it. A partner-tier
   dependency there is a violation: :func:`violations` names each asset and partner.
 
 :func:`imported_distributions` finds the packages a code path imports by reading its
-source (``import`` statements, function-level ones included, following first-party
+source (`import` statements, function-level ones included, following first-party
 imports), so packages loaded lazily are not missed and nothing is imported to find out.
 """
 
@@ -36,8 +36,8 @@ from typing import Literal
 Tier = Literal["sovereign", "partner", "transactional"]
 SOVEREIGN_ROUTE = "sovereign-lm"
 
-#: Dependency names a resource key brings to every asset that requires it. ``@partners``
-#: expands to every partner-tier dependency, ``@serving-packages`` / ``@training-packages``
+#: Dependency names a resource key brings to every asset that requires it. `@partners`
+#: expands to every partner-tier dependency, `@serving-packages` / `@training-packages`
 #: to the packages of that code path.
 RESOURCE_NEEDS: dict[str, tuple[str, ...]] = {
     "mlops": ("lake",),
@@ -80,7 +80,7 @@ class Row:
 
 
 def expand(needs: Iterable[str], dependencies: Iterable[Dependency]) -> set[str]:
-    """Resolve ``@group`` names to the dependency names they stand for."""
+    """Resolve `@group` names to the dependency names they stand for."""
     deps = list(dependencies)
     groups = {
         "@partners": {d.name for d in deps if d.tier == "partner"},
@@ -144,7 +144,7 @@ def violations(
 
 
 def critical_path(parents: Mapping[str, Iterable[str]], served: str, in_job: set[str]) -> set[str]:
-    """``served`` and every asset upstream of it, within the main job's selection."""
+    """`served` and every asset upstream of it, within the main job's selection."""
     seen, todo = set(), [served]
     while todo:
         asset = todo.pop()
@@ -185,7 +185,7 @@ def _module_file(repo: Path, module: str) -> Path | None:
 
 
 def _imports(path: Path, repo: Path) -> Iterable[str]:
-    """Absolute module names ``path`` imports (relative imports resolved)."""
+    """Absolute module names `path` imports (relative imports resolved)."""
     package = path.parent.relative_to(repo).parts
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
@@ -201,7 +201,7 @@ def _imports(path: Path, repo: Path) -> Iterable[str]:
 
 
 def imported_modules(repo: Path, roots: Iterable[str]) -> set[str]:
-    """Top-level third-party module names imported by the first-party packages ``roots``
+    """Top-level third-party module names imported by the first-party packages `roots`
     and by every first-party module they import, transitively."""
     first_party = {p.parent.name for p in repo.glob("*/__init__.py")}
     todo = [f for root in roots for f in sorted((repo / root).rglob("*.py"))]
@@ -224,7 +224,7 @@ def imported_modules(repo: Path, roots: Iterable[str]) -> set[str]:
 
 
 def imported_distributions(repo: Path, roots: Iterable[str]) -> dict[str, str | None]:
-    """Distribution name -> installed version (``None`` when not installed: an optional
+    """Distribution name -> installed version (`None` when not installed: an optional
     extra such as vLLM or DeepSpeed) for the modules :func:`imported_modules` finds."""
     owners = importlib.metadata.packages_distributions()
     out: dict[str, str | None] = {}
@@ -239,7 +239,7 @@ def imported_distributions(repo: Path, roots: Iterable[str]) -> dict[str, str | 
 
 
 def package_dependencies(paths: Mapping[str, Mapping[str, str | None]]) -> list[Dependency]:
-    """One dependency per distribution, from ``{code path: {distribution: version}}``."""
+    """One dependency per distribution, from `{code path: {distribution: version}}`."""
     users: dict[str, list[str]] = {}
     versions: dict[str, str | None] = {}
     for path_name, found in sorted(paths.items()):

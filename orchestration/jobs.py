@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 #: Runs carrying this tag write to the Delta tables; the instance's run queue allows one
-#: at a time (``tag_concurrency_limits`` in deploy/dagster/*.yaml).
+#: at a time (`tag_concurrency_limits` in deploy/dagster/*.yaml).
 LAKE_WRITER_TAGS = {"mlops/lake-writer": "lake"}
 
 #: Runs carrying this tag may start or step a canary on the gateway route; one at a time,

@@ -1,7 +1,7 @@
 """Resources shared by every domain: where the embedded default keeps its state.
 
-All state of the embedded default lives under one root, ``$MLOPS_HOME`` (default
-``./.mlops``). The environment is read when a run asks for a path, never at import time,
+All state of the embedded default lives under one root, `$MLOPS_HOME` (default
+`./.mlops`). The environment is read when a run asks for a path, never at import time,
 so a code location loaded once serves runs with different homes (tests rely on this).
 """
 
@@ -17,7 +17,7 @@ from observability.settings import home_from, mlops_home
 class MlopsHome(dg.ConfigurableResource):
     """The state root and its well-known folders.
 
-    Leave the fields empty to follow ``$MLOPS_HOME``; set them to point a deployment at
+    Leave the fields empty to follow `$MLOPS_HOME`; set them to point a deployment at
     other places (e.g. a landing directory on a shared volume).
     """
 

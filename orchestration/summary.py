@@ -1,8 +1,8 @@
-"""``python -m orchestration.summary``: where to look after the main job, and one answer.
+"""`python -m orchestration.summary`: where to look after the main job, and one answer.
 
-Printed at the end of ``make demo``: how to open the Dagster and MLflow UIs over this
-``$MLOPS_HOME``, which registry version is champion and the data it was trained on, the
-gateway URL, and one completion from the served model through the unmodified ``openai``
+Printed at the end of `make demo`: how to open the Dagster and MLflow UIs over this
+`$MLOPS_HOME`, which registry version is champion and the data it was trained on, the
+gateway URL, and one completion from the served model through the unmodified `openai`
 client, so a new user sees the whole loop work.
 """
 
@@ -40,7 +40,8 @@ def main() -> int:
     )
     print(
         f"MLflow UI:   .venv/bin/mlflow server --backend-store-uri {config.tracking_uri} "
-        f"--host 127.0.0.1 --port 5000   # http://127.0.0.1:5000"
+        + (f"--default-artifact-root {config.artifact_root} " if config.artifact_root else "")
+        + "--host 127.0.0.1 --port 5000   # http://127.0.0.1:5000"
     )
     print(f"registry:    {config.model_name} aliases {aliases or '(none)'}")
     if champion:

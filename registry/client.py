@@ -2,11 +2,13 @@
 
 MLflow's own HTTP layer retries for minutes by default (7 retries, 120 s timeout); here its
 retries are turned down to zero and its timeout to ``request_timeout_s`` (through MLflow's
-documented environment variables, unless the operator set them), so that the retry policy
+documented environment variables, unless the operator set them, which also turn its
+artifact progress bars off), so that the retry policy
 lives in one place: ``RegistryClient.call``. Only transient failures (connection refused,
 timeouts, 5xx, SQLite "database is locked") are retried; a "not found" or "invalid
 parameter" is an answer, not an outage, and is raised at once. When the attempts run out a
-``RegistryUnavailableError`` names the URI and the operation.
+``RegistryUnavailableError`` names the URI and the operation. Each call is one span
+(``mlflow OPERATION``) when traces are exported (``observability/tracing.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from observability.retry import exponential, retry_call
+from observability.tracing import span
 from registry.config import RegistryConfig
 from registry.errors import RegistryUnavailableError
 
@@ -45,12 +48,18 @@ class RegistryClient:
         self.config = config
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(config.request_timeout_s))
+        # artifact copies print a tqdm bar per model logged or fetched, raw frames in logs
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.mlflow = MlflowClient(
             tracking_uri=config.tracking_uri, registry_uri=config.tracking_uri
         )
 
     def call(self, operation: str, fn: Callable[..., T], *args, **kwargs) -> T:
         """Run ``fn(*args, **kwargs)``, retrying transient failures with exponential backoff."""
+        with span(f"mlflow {operation}", operation=operation, model=self.config.model_name):
+            return self._call(operation, fn, *args, **kwargs)
+
+    def _call(self, operation: str, fn: Callable[..., T], *args, **kwargs) -> T:
         cfg = self.config
 
         def retrying(attempt: int, exc: BaseException, delay: float) -> None:

@@ -220,7 +220,8 @@ def promote(
             name,
             PENDING_TAG,
         )
-    return AliasChange(True, version, aliases.get(PREVIOUS), f"v{version} promoted over v{current}")
+    over = f"over v{current}" if current is not None else "as the first champion"
+    return AliasChange(True, version, aliases.get(PREVIOUS), f"v{version} promoted {over}")
 
 
 def pending_promotion(client: RegistryClient) -> dict | None:

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ _PYFUNC_SOURCE = Path(__file__).with_name("pyfunc_model.py")  # never imported h
 MODEL_DIR_ARTIFACT = "model_dir"  # the artifact name pyfunc_model.py loads
 # Declared so that ``max_new_tokens`` is accepted at predict time (MLflow drops undeclared params).
 _SIGNATURE = infer_signature(["Q: sort 3 1 2 A:"], [" 1 2 3"], params={"max_new_tokens": 32})
+# MLflow's advice when a model is logged (its text starts with a colour code, hence ``.*``)
+_SIGNATURE_ADVICE = r".*(Add type hints to the `predict` method|An input example was not provided)"
 _REQUIREMENTS = ["mlflow", "torch", "transformers", "tokenizers", "safetensors"]
 
 
@@ -192,15 +195,19 @@ def _log_run(client: RegistryClient, model_dir: Path, report: EvaluationReport, 
             client.call("log_params", mlflow.log_params, params)
             client.call("log_metrics", mlflow.log_metrics, report.metrics())
             client.call("log_text", mlflow.log_text, report.markdown(), "evaluation.md")
-            info = client.call(
-                "log_model",
-                mlflow.pyfunc.log_model,
-                name="model",
-                python_model=str(_PYFUNC_SOURCE),
-                artifacts={MODEL_DIR_ARTIFACT: str(model_dir)},
-                pip_requirements=_REQUIREMENTS,
-                signature=_SIGNATURE,
-            )
+            with warnings.catch_warnings():
+                # The signature is given (_SIGNATURE), so MLflow's advice to infer one from type
+                # hints or an input example does not apply; it would print on every registration.
+                warnings.filterwarnings("ignore", message=_SIGNATURE_ADVICE, category=UserWarning)
+                info = client.call(
+                    "log_model",
+                    mlflow.pyfunc.log_model,
+                    name="model",
+                    python_model=str(_PYFUNC_SOURCE),
+                    artifacts={MODEL_DIR_ARTIFACT: str(model_dir)},
+                    pip_requirements=_REQUIREMENTS,
+                    signature=_SIGNATURE,
+                )
     return run_id, info.model_uri
 
 
@@ -220,9 +227,17 @@ def register_version(
     created = version is None
     if created:
         run_id, model_uri = _log_run(client, model_dir, report, lineage)
+        # The client call, not mlflow.register_model: the model exists already
+        # (_ensure_registered_model), and the fluent call would print that it does. MLflow
+        # resolves the `models:/<id>` source through the global tracking URI, hence the block.
         with fluent_uris(client.config.tracking_uri):
             mv = client.call(
-                "register_model", mlflow.register_model, model_uri, name, tags=lineage.tags()
+                "create_model_version",
+                client.mlflow.create_model_version,
+                name,
+                model_uri,
+                tags=lineage.tags(),
+                model_id=model_uri.removeprefix("models:/"),
             )
         version = mv.version
     else:

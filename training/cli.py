@@ -9,6 +9,10 @@ with torchrun sharing its rendezvous TCP store with the workers, the automatic r
 after a crashed worker fails most of the time on CPU (gloo "connectFullMesh failed").
 Refusals (bad input, an incompatible checkpoint) print one ``error:`` line on stderr and
 exit with a non-zero code; nothing in the output directory is changed.
+
+Each rank's run is one span (``rank N``) continuing the ``TRACEPARENT`` its launcher hands
+down (the Dagster asset's span), exported when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set; log
+lines carry that trace id either way.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from observability.hf import route_transformers_logs
+from observability.hf import disable_progress_bars, route_transformers_logs
 from observability.logs import (
     ContextFilter,
     bind,
@@ -31,6 +35,7 @@ from observability.logs import (
     configure_logging,
     stream_handler,
 )
+from observability.tracing import configure_tracing, shutdown, span_from_env
 from training.config import ENGINES, load_config
 from training.errors import IncompatibleCheckpointError, TrainingInputError
 from training.train import Dist, PeerError, RunArgs, Trainer, env_dist
@@ -105,8 +110,14 @@ def setup_logging(output: Path, d: Dist) -> None:
         "%(message)s" if d.rank == 0 else f"rank{d.rank}: %(message)s",
     )
     console.addFilter(stamp)
-    console.setLevel(logging.INFO if d.rank == 0 else logging.WARNING)
+    # Under Dagster Pipes rank 0's progress reaches the run's log through Pipes; printed on
+    # stdout as well (which Dagster forwards) every line would show twice.
+    progress = d.rank == 0 and not os.environ.get("DAGSTER_PIPES_CONTEXT")
+    console.setLevel(logging.INFO if progress else logging.WARNING)
     root.addHandler(console)
+    # the trainer reports progress in its log lines; transformers' bar for writing the
+    # weights at export would print raw tqdm frames among them (text logs too)
+    disable_progress_bars()
 
 
 def init_process_group(d: Dist, timeout_s: float) -> None:
@@ -142,6 +153,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
         return 2
     setup_logging(args.output, d)
+    configure_tracing("trainer")
+    try:
+        with span_from_env(f"rank {d.rank}", rank=d.rank, world=d.world_size, restart=d.restart):
+            return _run(args, cfg, d)
+    finally:
+        shutdown()  # the rank's spans leave before torchrun reaps the process
+
+
+def _run(args: argparse.Namespace, cfg, d: Dist) -> int:
     log = logging.getLogger("training")
     log.info(
         "rank %d/%d pid %d restart %d device %s",

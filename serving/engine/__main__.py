@@ -15,6 +15,8 @@ import uvicorn
 
 from observability.hf import route_transformers_logs
 from observability.logs import configure_logging
+from observability.tracing import configure_tracing
+from observability.tracing_http import trace_asgi
 from serving.engine.admission import AdmissionLimits
 from serving.engine.app import create_app
 from serving.engine.batching import BatchConfig, BatchingEngine
@@ -44,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if configure_logging("engine") == "json":
         route_transformers_logs()
+    configure_tracing("engine")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
 
     limits = AdmissionLimits(
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     # log_config=None: uvicorn's own lines go through the handler configured above.
     uvicorn.run(
-        app,
+        trace_asgi(app, "serving.engine"),  # the request's span, outside its access log line
         host=args.host,
         port=args.port,
         log_level="warning",

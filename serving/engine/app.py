@@ -157,7 +157,10 @@ def create_app(
 ) -> FastAPI:
     registry = registry or CollectorRegistry()
     metrics = EngineMetrics(registry, engine)
-    app = FastAPI(title="sovereign-mlops engine", docs_url=None, redoc_url=None)
+    # spans come from observability.tracing_http alone (FastAPI's own would split the trace)
+    app = FastAPI(
+        title="sovereign-mlops engine", docs_url=None, redoc_url=None, telemetry={"tracing": False}
+    )
     created = int(time.time())
 
     install_error_handlers(app)

@@ -17,6 +17,10 @@ away is dropped when the scheduler reaches it.
 Text is detokenised incrementally: a delta is released only once it cannot change, that is
 when it does not end in an incomplete UTF-8 sequence and cannot be the start of a stop string.
 Weights load from safetensors only.
+
+With traces exported, each request gets two spans under its HTTP span: ``queue wait`` (queued
+until a batch took it) and ``generation`` (that batch until its last token); the scheduler
+thread only stamps the time, the spans are made on the request's own side.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from observability.tracing_http import http
 from serving.engine.admission import Admission, AdmissionLimits, Ticket
 from serving.engine.protocol import (
     ChoiceDelta,
@@ -71,6 +76,7 @@ class _Request:
     ticket: Ticket | None = None
     cancelled: bool = False
     started: bool = False  # some output went out: it cannot be re-run from the start
+    scheduled_ns: int = 0  # when a batch took it (wall clock, for its trace)
 
 
 @dataclass
@@ -127,6 +133,7 @@ class BatchingEngine:
         self.batches_run = 0
         self.largest_batch = 0  # requests in the biggest batch so far; shows batching works
         self.dropped = 0  # requests whose client went away before a batch took them
+        self.tracing = http(__name__)
 
     def start(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -207,6 +214,7 @@ class BatchingEngine:
 
         ticket = self.admission.admit(len(prompt_ids) + params.max_tokens * params.n)
         request = _Request(prompt_ids, params, emit, ticket)
+        queued_ns = time.time_ns()
         self._inbox.put(request)
         try:
             while True:
@@ -219,6 +227,17 @@ class BatchingEngine:
         finally:
             request.cancelled = True
             self.admission.release(ticket)  # a client gone while queued frees its place now
+            if self.tracing.enabled:
+                self._trace(queued_ns, request.scheduled_ns)
+
+    def _trace(self, queued_ns: int, scheduled_ns: int) -> None:
+        done_ns = time.time_ns()
+        if not scheduled_ns:  # its client left before a batch took it
+            self.tracing.phases(("queue wait", queued_ns, done_ns))
+            return
+        self.tracing.phases(
+            ("queue wait", queued_ns, scheduled_ns), ("generation", scheduled_ns, done_ns)
+        )
 
     async def score(self, prompt: str, top_n: int = 0) -> PromptLogprobs:
         """Log-likelihood of every prompt token given the ones before it (one forward pass).
@@ -286,6 +305,9 @@ class BatchingEngine:
             for request in batch:
                 self.admission.release(request.ticket)
             live = [r for r in batch if not r.cancelled]  # clients gone while queued
+            now_ns = time.time_ns()
+            for request in live:
+                request.scheduled_ns = now_ns
             self.dropped += len(batch) - len(live)
             batch = live
             self._running = len(batch)

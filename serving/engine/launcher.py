@@ -20,6 +20,9 @@ An engine gets only the environment it needs (:func:`engine_environment`: paths,
 thread and accelerator settings, Hugging Face and vLLM options, log format), never the
 partner API keys or the gateway admin token the processes above it hold.
 
+With traces exported (``OTEL_EXPORTER_OTLP_ENDPOINT``, see ``observability/tracing.py``) the
+``OTEL_*`` variables reach the engine, and vLLM gets ``--otlp-traces-endpoint``.
+
 An engine serving a model fetched from the registry logs that version on every line: the
 launcher finds it from the directory layout and passes it as ``MLOPS_MODEL_VERSION``.
 """
@@ -41,6 +44,7 @@ from typing import Literal
 import httpx
 
 from observability.logs import FORMAT_ENV, MODEL_VERSION_ENV, RUN_ID_ENV
+from observability.tracing import otlp_traces_endpoint
 
 EngineKind = Literal["embedded", "vllm"]
 REPO = Path(__file__).resolve().parents[2]
@@ -228,6 +232,7 @@ _ENGINE_ENV = frozenset(
 _ENGINE_ENV_PREFIXES = (
     *("LC_", "OMP_", "MKL_", "KMP_", "OPENBLAS_", "HF_", "TRANSFORMERS_", "TOKENIZERS_"),
     *("TORCH", "PYTORCH_", "CUDA_", "NVIDIA_", "NCCL_", "VLLM_", "XDG_"),
+    "OTEL_",  # where to export traces (observability/tracing.py); secret-named ones still drop
 )
 _SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
 
@@ -265,6 +270,10 @@ def start_engine(
         # several engines share a few cores: let the OS place threads instead of pinning
         # every engine to the same core
         child_env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        if (endpoint := otlp_traces_endpoint(child_env)) is not None:
+            # vLLM exports over gRPC unless told otherwise; this product's endpoints are HTTP
+            child_env.setdefault("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")
+            command = [*command, "--otlp-traces-endpoint", endpoint]
     with log_path.open("ab") as log:
         return subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=child_env, start_new_session=True

@@ -26,6 +26,8 @@ import uvicorn
 
 from observability.logs import configure_logging
 from observability.settings import mlops_home
+from observability.tracing import configure_tracing
+from observability.tracing_http import trace_asgi
 from serving.errors import InvalidRequest
 from serving.gateway.app import GatewayConfig, create_app
 from serving.gateway.workers import WorkerPlan, bind, run_workers
@@ -98,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     configure_logging("gateway" if args.worker_index is None else f"gateway-{args.worker_index}")
+    configure_tracing("gateway")
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # one line per request otherwise
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         server.run(sockets=sockets)
         return
     uvicorn.run(
-        app,
+        trace_asgi(app, "serving.gateway"),
         host=args.host,
         port=args.port,
         log_level="warning",

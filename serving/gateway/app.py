@@ -193,7 +193,13 @@ def create_app(config: GatewayConfig) -> GatewayASGI:
                 await pool.aclose()
                 await asyncio.to_thread(shared.stop)
 
-    app = FastAPI(title="sovereign-mlops gateway", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app = FastAPI(
+        title="sovereign-mlops gateway",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+        telemetry={"tracing": False},  # spans come from observability.tracing_http alone
+    )
 
     install_error_handlers(app)
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from starlette.responses import Response, StreamingResponse
 
 from observability.logs import REQUEST_ID_HEADER
+from observability.tracing_http import http
 from serving.errors import Overloaded, Unavailable
 from serving.gateway import asgi_io
 from serving.gateway.metrics import GatewayMetrics
@@ -68,6 +69,7 @@ class LocalProxy:
 
     def __init__(self, table: RoutingTable, metrics: GatewayMetrics, pool: UpstreamPool) -> None:
         self.table, self.metrics, self.pool = table, metrics, pool
+        self.tracing = http(__name__)  # a do-nothing stand-in unless traces are exported
 
     async def attempt_local(
         self, label: str, route: Route, call: asgi_io.Call, previous: str | None
@@ -93,9 +95,11 @@ class LocalProxy:
             self.metrics.attempt(label, backend.name)
             started = time.perf_counter()
             try:
-                upstream = await self.pool.request(
-                    "POST", backend.url + call.path, content, headers, backend.timeout_s
-                )
+                with self.tracing.client(backend.name, headers) as span:  # sets `traceparent`
+                    upstream = await self.pool.request(
+                        "POST", backend.url + call.path, content, headers, backend.timeout_s
+                    )
+                    span.response(upstream.status)
             except UpstreamTimeout:
                 backend.slots.release()
                 self._failed(label, backend, "timeout")

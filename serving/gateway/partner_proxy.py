@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable
 import httpx2 as httpx
 from starlette.responses import Response, StreamingResponse
 
+from observability.tracing_http import http
 from serving.errors import Unavailable
 from serving.gateway.asgi_io import Call
 from serving.gateway.metrics import GatewayMetrics
@@ -56,6 +57,7 @@ class PartnerProxy:
         self.table, self.metrics = table, metrics
         self.client, self.adapter_for = client, adapter_for
         self._timeouts: dict[float, httpx.Timeout] = {}
+        self.tracing = http(__name__)
 
     def _timeout(self, seconds: float) -> httpx.Timeout:
         timeout = self._timeouts.get(seconds)
@@ -97,7 +99,8 @@ class PartnerProxy:
         self.metrics.attempt(label, spec.name)
         started = time.perf_counter()
         upstream: httpx.Response | None = None
-        handed_over = False
+        handed_over, kind = False, None
+        span = self.tracing.client(f"partner {spec.name}")  # no traceparent leaves the house
         try:
             async with asyncio.timeout(health.first_token_deadline(spec.timeout_s)):
                 upstream = await self.client.send(
@@ -133,6 +136,7 @@ class PartnerProxy:
         except PartnerProtocolError:
             kind = "malformed"
         finally:
+            span.finish(upstream.status_code if upstream is not None else None, kind)
             if upstream is not None and not handed_over:
                 await upstream.aclose()
         self._partner_failed(label, partner, kind)

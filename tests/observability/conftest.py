@@ -105,3 +105,99 @@ def tiny_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("config") / "tiny.json"
     path.write_text(json.dumps(config), encoding="utf-8")
     return path
+
+
+class OtlpReceiver:
+    """An OTLP/HTTP trace receiver on loopback: decodes each ``ExportTraceServiceRequest``
+    (protobuf, as the SDK's exporter sends it) into plain span dicts."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+            ExportTraceServiceResponse,
+        )
+
+        self.spans: list[dict] = []
+        self.paths: list[str] = []
+        lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                request = ExportTraceServiceRequest.FromString(body)
+                with lock:
+                    receiver.paths.append(self.path)
+                    receiver.spans.extend(_decode(request))
+                answer = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.lock = lock
+
+    def env(self) -> dict[str, str]:
+        """What a process needs to export here, flushing every 200 ms."""
+        return {"OTEL_EXPORTER_OTLP_ENDPOINT": self.url, "OTEL_BSP_SCHEDULE_DELAY": "200"}
+
+    def wait_for(self, predicate, timeout_s: float = 30.0) -> list[dict]:
+        """The spans received, once ``predicate(spans)`` holds; fails after ``timeout_s``."""
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self.lock:
+                spans = list(self.spans)
+            if predicate(spans):
+                return spans
+            if time.monotonic() > deadline:
+                pytest.fail(f"spans never matched within {timeout_s}s; received: {spans}")
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _decode(request) -> list[dict]:
+    spans = []
+    for resource_spans in request.resource_spans:
+        resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                spans.append(
+                    {
+                        "service": resource.get("service.name"),
+                        "name": span.name,
+                        "kind": span.kind,
+                        "trace_id": span.trace_id.hex(),
+                        "span_id": span.span_id.hex(),
+                        "parent_span_id": span.parent_span_id.hex(),
+                        "start_ns": span.start_time_unix_nano,
+                        "end_ns": span.end_time_unix_nano,
+                        "attributes": {
+                            a.key: a.value.string_value or a.value.int_value
+                            for a in span.attributes
+                        },
+                    }
+                )
+    return spans
+
+
+@pytest.fixture
+def otlp_receiver():
+    receiver = OtlpReceiver()
+    yield receiver
+    receiver.close()

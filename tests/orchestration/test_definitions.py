@@ -88,6 +88,23 @@ def test_every_asset_is_described_and_owned() -> None:
         assert check["described"], f"check {name} has no description"
 
 
+def test_descriptions_are_markdown_without_rst_literals() -> None:
+    """The Dagster UI renders descriptions as Markdown, where ``x`` shows its backticks."""
+    described = {
+        **{
+            f"asset {k.to_user_string()}": a.descriptions_by_key.get(k)
+            for a in defs.resolve_asset_graph().assets_defs
+            for k in a.keys
+        },
+        **{f"job {j.name}": j.description for j in defs.resolve_all_job_defs()},
+        **{f"sensor {s.name}": s.description for s in defs.sensors or []},
+        **{f"schedule {s.name}": s.description for s in defs.schedules or []},
+    }
+    assert any(described.values())
+    offending = sorted(name for name, text in described.items() if text and "``" in text)
+    assert not offending, f"reStructuredText double backticks in: {offending}"
+
+
 def test_dagster_cli_validates_workspace(tmp_path: Path) -> None:
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "MLOPS_HOME": str(tmp_path / "home")}
     result = subprocess.run(

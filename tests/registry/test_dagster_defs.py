@@ -2,7 +2,7 @@
 the blocking ``gate`` check, the ``promote`` and ``rollback`` jobs) evaluates, registers and
 promotes a model end to end on the embedded MLflow store; a model failing the gate is
 registered but stops before ``champion``; rollback is safe to run twice; the alias history
-shows on the champion's materializations and the rollback's observation."""
+shows on the champion's materializations, the rollback's among them."""
 
 from __future__ import annotations
 
@@ -123,9 +123,12 @@ def test_evaluate_register_promote_block_and_rollback(defs, variant, untrained_m
         config = {"ops": {"rollback_op": {"config": {"reason": "canary failed"}}}}
         rolled = rollback.execute_in_process(instance=instance, run_config=config)
         assert rolled.success and client.aliases()[CHAMPION] == "1"
-        [observed] = rolled.asset_observations_for_node("rollback_op")
-        shown = observed.metadata["alias_history"].value
+        [recorded] = rolled.asset_materializations_for_node("rollback_op")
+        shown = recorded.metadata["alias_history"].value
         assert f"| champion | 3 | 1 | rollback | dagster:{rolled.run_id} | canary failed |" in shown
+        latest = instance.get_latest_materialization_event(champion.key).asset_materialization
+        assert latest.metadata["champion"].value == "1"  # Dagster names what MLflow serves
+        assert latest.metadata["reason"].value == "canary failed"
         assert rollback.execute_in_process(instance=instance, run_config=config).success
         assert client.aliases() == {CHALLENGER: "3", CHAMPION: "1", PREVIOUS: "1"}
         assert client.version_tags("3")["rollback.reason"] == "canary failed"

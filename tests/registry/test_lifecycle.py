@@ -92,12 +92,14 @@ def test_promote_retry_rollback_twice_and_champion_loads(
     v1 = register(client, variant(1), report_for(variant(1))).version
     first = promote(client, v1, "test")
     assert first.changed and client.aliases() == {CHALLENGER: v1, CHAMPION: v1}
+    assert first.message == f"v{v1} promoted as the first champion"
     assert not promote(client, v1, "test").changed  # retried promotion: no-op
 
     v2 = register(client, variant(2), report_for(variant(2), against=v1)).version
     assert client.aliases()[CHALLENGER] == v2
-    promote(client, v2, "dagster:promote")
+    second = promote(client, v2, "dagster:promote")
     assert client.aliases() == {CHALLENGER: v2, CHAMPION: v2, PREVIOUS: v1}
+    assert second.message == f"v{v2} promoted over v{v1}"
     assert client.version_tags(v2)["promotion.promoted_by"] == "dagster:promote"
     assert PENDING_TAG not in client.model_tags()
 

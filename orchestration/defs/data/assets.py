@@ -1,12 +1,12 @@
 """Data layer assets: the landing zone ingested into the versioned corpus and quarantine.
 
-``corpus`` and ``quarantine`` are Delta tables under ``$MLOPS_HOME/lake`` written by one
-step (``ingestion.pipeline.ingest``), so they are one multi-asset. Re-running is safe:
+`corpus` and `quarantine` are Delta tables under `$MLOPS_HOME/lake` written by one
+step (`ingestion.pipeline.ingest`), so they are one multi-asset. Re-running is safe:
 files are remembered by content fingerprint and records are keyed by content hash, so a
-retried or repeated run adds nothing twice. ``corpus_split`` reports the deterministic
+retried or repeated run adds nothing twice. `corpus_split` reports the deterministic
 train / held-out split of the current corpus version.
 
-Both checks on ``corpus`` are blocking: a failed check stops everything downstream in the
+Both checks on `corpus` are blocking: a failed check stops everything downstream in the
 same run, so no model is trained on a batch that did not validate.
 """
 
@@ -185,7 +185,7 @@ def _row_count(mlops: MlopsHome, version: int | None) -> int:
 def corpus_split(context: dg.AssetExecutionContext, mlops: MlopsHome):
     """The deterministic train / held-out split of the current corpus version.
 
-    The split is a pure function of each record id (``ingestion.split.split_of``), shared
+    The split is a pure function of each record id (`ingestion.split.split_of`), shared
     with the trainer, so this asset stores nothing: it reports the split sizes at the data
     version, which training and evaluation then read. Safe to re-run at any time.
     """

@@ -1,4 +1,4 @@
-"""The ``eval_suites`` asset: task suites landed in ``landing/evals/<suite>/``, one Delta table each.
+"""The `eval_suites` asset: task suites landed in `landing/evals/<suite>/`, one Delta table each.
 
 The suites are data the operator provides (prompts, expected answers, a match rule per row),
 ingested under the corpus's contract: bad rows are quarantined with a reason, a processed file
@@ -35,7 +35,7 @@ _FILES = dg.TableSchema(
 
 @dg.asset(group_name="data", owners=OWNERS, kinds={"deltalake"})
 def eval_suites(context: dg.AssetExecutionContext, mlops: MlopsHome) -> dg.MaterializeResult:
-    """Task suites for evaluation: one versioned Delta table per suite under ``lake/evals``."""
+    """Task suites for evaluation: one versioned Delta table per suite under `lake/evals`."""
     reports = ingest_suites(mlops.landing(), mlops.lake(), context.run_id)
     evals = mlops.lake() / EVALS_DIR
     versions = {name: table_version(evals / name) for name in suite_names(evals)}

@@ -1,4 +1,4 @@
-"""``landing_zone_sensor``: start an ``ingest`` run for each new file in the landing zone.
+"""`landing_zone_sensor`: start an `ingest` run for each new file in the landing zone.
 
 The run key is the file's content fingerprint, and Dagster never launches two runs for
 one key, so a file triggers one run however many ticks see it (and a copy of it under

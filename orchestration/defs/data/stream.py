@@ -1,15 +1,15 @@
-"""The stream in Dagster: each micro-batch commit as a ``corpus`` materialization, and the
+"""The stream in Dagster: each micro-batch commit as a `corpus` materialization, and the
 consumer's lag as an asset check.
 
-The consumer itself is a long-running process (``python -m ingestion consume``: a Deployment
+The consumer itself is a long-running process (`python -m ingestion consume`: a Deployment
 in production), not a Dagster run: a run per micro-batch would cost seconds of start-up for a
 batch that takes milliseconds, and the committer must own its broker subscription between
-batches. Dagster observes it. ``stream_commits_sensor`` reads the commit ledger the consumer
-writes (``lake/stream_commits``) from the Delta version its cursor holds and reports one
-``corpus`` materialization per commit, with the corpus Delta version as the data version and
+batches. Dagster observes it. `stream_commits_sensor` reads the commit ledger the consumer
+writes (`lake/stream_commits`) from the Delta version its cursor holds and reports one
+`corpus` materialization per commit, with the corpus Delta version as the data version and
 the batch's counts, so the asset's history shows the stream beside the landed files; on the
-same tick it asks the broker for the durable consumer's lag and reports ``stream_consumer_lag``
-(WARN past ``lag_warn_messages``). The check can also be run on demand from the UI.
+same tick it asks the broker for the durable consumer's lag and reports `stream_consumer_lag`
+(WARN past `lag_warn_messages`). The check can also be run on demand from the UI.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ DEFAULT_URL = "nats://127.0.0.1:4222"
 
 
 class StreamResource(dg.ConfigurableResource):
-    """Where the record stream is and when its lag deserves a warning. ``url`` empty means
-    ``$MLOPS_NATS_URL``, else the local broker; ``stream`` empty means ``$MLOPS_NATS_STREAM``,
-    else ``MLOPS_RECORDS`` (the consumer's defaults too)."""
+    """Where the record stream is and when its lag deserves a warning. `url` empty means
+    `$MLOPS_NATS_URL`, else the local broker; `stream` empty means `$MLOPS_NATS_STREAM`,
+    else `MLOPS_RECORDS` (the consumer's defaults too)."""
 
     url: str | None = None
     stream: str | None = None

@@ -11,8 +11,8 @@ from .retrain import RetrainPolicy, retrain_on_new_data
 
 
 class AlertsResource(dg.ConfigurableResource):
-    """Where failure alerts go: always the log and ``$MLOPS_HOME/alerts/failures.jsonl``;
-    also a webhook when ``webhook_url`` is set (``MLOPS_ALERT_WEBHOOK_URL`` by default)."""
+    """Where failure alerts go: always the log and `$MLOPS_HOME/alerts/failures.jsonl`;
+    also a webhook when `webhook_url` is set (`MLOPS_ALERT_WEBHOOK_URL` by default)."""
 
     webhook_url: str | None = None
 
@@ -24,7 +24,7 @@ class AlertsResource(dg.ConfigurableResource):
         return notifiers
 
 
-# ``monitor_all_code_locations``: a run launched with ``dagster job execute`` (the README's CI
+# `monitor_all_code_locations`: a run launched with `dagster job execute` (the README's CI
 # path) carries no code-location origin, so a sensor that watches only its own location never
 # sees it; an operator wants every failed run of the instance reported, however it started.
 @dg.run_failure_sensor(

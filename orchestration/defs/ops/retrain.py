@@ -1,4 +1,4 @@
-"""``retrain_on_new_data``: start the main job when enough new records arrived since the
+"""`retrain_on_new_data`: start the main job when enough new records arrived since the
 champion's data version.
 
 A sensor rather than declarative automation: the condition compares the corpus with the

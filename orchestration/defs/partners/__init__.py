@@ -1,10 +1,10 @@
 """Dagster definitions of the partner layer: failover routing, the quorum review and the
 dependency inventory.
 
-``routing_state`` with its jobs ``failover_to_sovereign`` / ``restore_partners`` and the
-``partner_health_sensor``; ``quorum_review`` beside evaluation; ``dependency_inventory``
-with its blocking check ``no_partner_on_critical_path``; the ``partners`` resource. None of
-these assets is on the promotion path: ``OFF_MAIN_JOB`` is what the main job leaves out.
+`routing_state` with its jobs `failover_to_sovereign` / `restore_partners` and the
+`partner_health_sensor`; `quorum_review` beside evaluation; `dependency_inventory`
+with its blocking check `no_partner_on_critical_path`; the `partners` resource. None of
+these assets is on the promotion path: `OFF_MAIN_JOB` is what the main job leaves out.
 """
 
 import dagster as dg

@@ -1,13 +1,13 @@
-"""The ``dependency_inventory`` asset and its blocking check ``no_partner_on_critical_path``.
+"""The `dependency_inventory` asset and its blocking check `no_partner_on_critical_path`.
 
-The asset collects the facts and ``orchestration.inventory`` decides: which external
+The asset collects the facts and `orchestration.inventory` decides: which external
 dependencies exist (partners from the serving config and the running gateway, MLflow, the
 Dagster instance storage, the lake, the gateway and engines, the Python packages of the
 serving and training paths with their installed versions), which assets need each one
 (from the code location's own asset graph: each asset's resource keys and kinds, plus
-``mlops/dependencies`` asset metadata for a need no resource shows), which routes need it,
-and which assets are on the critical path (``deployment`` and everything upstream of it in
-``train_and_deploy``). The graph is the one the run was loaded with, so a wrong wiring is
+`mlops/dependencies` asset metadata for a need no resource shows), which routes need it,
+and which assets are on the critical path (`deployment` and everything upstream of it in
+`train_and_deploy`). The graph is the one the run was loaded with, so a wrong wiring is
 caught by whichever code location carries it.
 
 Nothing secret is recorded: URLs lose any user info, partners are shown by base URL and
@@ -39,7 +39,7 @@ CODE_PATHS = {"serving": ("serving",), "training": ("training", "evaluation")}
 
 
 def redact(url: str) -> str:
-    """``url`` without user name or password."""
+    """`url` without user name or password."""
     parts = urlsplit(url)
     if not parts.netloc or "@" not in parts.netloc:
         return url

@@ -1,19 +1,19 @@
 """When to fail over to the sovereign model and when to give traffic back: pure decisions.
 
-``partner_health_sensor`` hands :func:`decide` the gateway's ``GET /admin/partners`` view;
+`partner_health_sensor` hands :func:`decide` the gateway's `GET /admin/partners` view;
 each fallback route that lists partners gets one :class:`Decision`:
 
-* not pinned, and a partner of its order is ``degraded`` or ``down``: **failover**. The run
+* not pinned, and a partner of its order is `degraded` or `down`: **failover**. The run
   key names the route and each unhealthy partner with the time it entered its state, so one
   outage starts one run however many ticks see it, and a new outage starts a new one;
-* pinned by a failover, and every partner of its order ``healthy`` for at least
-  ``sustain_s`` (one sensor interval on top of the gateway's own hysteresis): **restore**,
+* pinned by a failover, and every partner of its order `healthy` for at least
+  `sustain_s` (one sensor interval on top of the gateway's own hysteresis): **restore**,
   keyed by the pin's time;
 * pinned by anyone else (an operator's pin carries its own reason): left alone;
 * anything else: nothing to do, with the reason.
 
 The evidence (each partner's state, reason, breaker and stats) travels in the run config, so
-the ``routing_state`` materialization shows what the sensor saw when it decided.
+the `routing_state` materialization shows what the sensor saw when it decided.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Decision:
 
 
 def evidence(view: Mapping, route: str, now: float) -> dict:
-    """What the sensor saw of ``route``: its fallback entry and each listed partner."""
+    """What the sensor saw of `route`: its fallback entry and each listed partner."""
     entry = (view.get("fallback_routes") or {}).get(route) or {}
     partners = view.get("partners") or {}
     return {

@@ -1,14 +1,14 @@
-"""``PartnerQuorum`` (resource key ``partners``) and where the partner layer's settings come from.
+"""`PartnerQuorum` (resource key `partners`) and where the partner layer's settings come from.
 
 The serving config (partners and fallback routes, YAML) is the gateway's: the Dagster side
 reads the same file, found the way the gateway finds it
 (:meth:`observability.settings.Settings.serving_config_path`), for the dependency inventory.
 
-The resource key ``partners`` is what makes an asset a partner user in the dependency
+The resource key `partners` is what makes an asset a partner user in the dependency
 inventory: only assets that really call partners (the quorum review) require it, so the
-``no_partner_on_critical_path`` check sees exactly who does.
+`no_partner_on_critical_path` check sees exactly who does.
 
-The sensor interval is ``MLOPS_PARTNER_SENSOR_INTERVAL_S``: read when the code location
+The sensor interval is `MLOPS_PARTNER_SENSOR_INTERVAL_S`: read when the code location
 builds its definitions (Dagster fixes a sensor's minimum interval there) and again at each
 tick, for the sustain time.
 """
@@ -22,7 +22,7 @@ INTERVAL_ENV = PARTNER_SENSOR_INTERVAL_ENV
 
 
 def sensor_interval_s() -> int:
-    """``MLOPS_PARTNER_SENSOR_INTERVAL_S`` (whole seconds, >= 1), default 30."""
+    """`MLOPS_PARTNER_SENSOR_INTERVAL_S` (whole seconds, >= 1), default 30."""
     return Settings.from_env().partner_sensor_interval_s
 
 

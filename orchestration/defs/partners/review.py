@@ -1,14 +1,14 @@
-"""The ``quorum_review`` asset: the partners' verdict on a few held-out probe answers.
+"""The `quorum_review` asset: the partners' verdict on a few held-out probe answers.
 
-An optional, extra signal next to ``evaluation``: for each of a few held-out tasks of the
+An optional, extra signal next to `evaluation`: for each of a few held-out tasks of the
 evaluated data version, the healthy partners are asked (through the gateway, see
-``serving.partners.quorum``) whether the expected answer is correct, and the majority
+`serving.partners.quorum`) whether the expected answer is correct, and the majority
 verdict with every vote is recorded. A wrong reference answer in the held-out sample would
 make the gate judge models against a bad key; this is where a quorum of outside judges can
 say so.
 
 It sits beside the promotion path, never on it: nothing depends on it, the evaluation gate
-does not read it, and it is not part of ``train_and_deploy``. With no gateway, no partners
+does not read it, and it is not part of `train_and_deploy`. With no gateway, no partners
 or too few healthy ones it materializes "no verdict" with the reason, and the gate decides
 on local metrics alone, as always. Safe to re-run: it only asks and records.
 """

@@ -1,17 +1,17 @@
-"""The ``routing_state`` asset and its two jobs: ``failover_to_sovereign`` and ``restore_partners``.
+"""The `routing_state` asset and its two jobs: `failover_to_sovereign` and `restore_partners`.
 
 Each materialization is one routing decision on a fallback route, so the asset's history in
 the Dagster UI is the history of failovers and recoveries, each with the partner states the
 decision was taken on and the sensor's evidence.
 
-* **failover** makes sure the sovereign model serves (a running stack whose ``sovereign-lm``
+* **failover** makes sure the sovereign model serves (a running stack whose `sovereign-lm`
   engine is healthy is left alone; otherwise the registry's champion is brought up through
-  ``serving_stack``), then pins the route to ``sovereign-lm`` with the reason. The pin comes
+  `serving_stack`), then pins the route to `sovereign-lm` with the reason. The pin comes
   last: pinning to an engine that is not up would turn a partner outage into a full one.
 * **restore** lifts the pin, so the route is partner-first again.
 
 Both are idempotent: a route already pinned (or already unpinned) is left as it is and the
-materialization records ``changed: false``. The action is preset by each job; a run config
+materialization records `changed: false`. The action is preset by each job; a run config
 that contradicts its job is refused.
 """
 
@@ -40,7 +40,7 @@ _EXPECTED = (AdminError, StackError, RegistryError, ModelIntegrityError, EngineU
 
 class RoutingConfig(dg.Config):
     action: Literal["failover", "restore"]
-    """``failover``: pin the route to the sovereign model; ``restore``: unpin it."""
+    """`failover`: pin the route to the sovereign model; `restore`: unpin it."""
     route: str = "auto"
     """The fallback route to act on."""
     evidence: dict[str, Any] = {}
@@ -88,7 +88,7 @@ def _route(view: dict, route: str) -> dict:
 
 
 def _sovereign_healthy(serving: ServingStack, home: Path, admin: GatewayAdmin) -> str | None:
-    """The engine serving ``sovereign-lm`` when the stack reports it healthy, else ``None``."""
+    """The engine serving `sovereign-lm` when the stack reports it healthy, else `None`."""
     stable = (admin.state()["routes"].get(ROUTE) or {}).get("stable")
     engine = serving.paths(home).read_stack().get("engines", {}).get(stable or "", {})
     return stable if engine.get("healthy") else None
@@ -100,7 +100,7 @@ def ensure_sovereign(
     registry: MlflowResource,
     home: Path,
 ) -> tuple[GatewayAdmin, dict]:
-    """A running gateway whose ``sovereign-lm`` engine is healthy; starts the champion if not."""
+    """A running gateway whose `sovereign-lm` engine is healthy; starts the champion if not."""
     admin = serving.gateway(home)
     engine = _sovereign_healthy(serving, home, admin) if admin is not None else None
     if engine is not None:
@@ -140,7 +140,7 @@ def routing_state(
     serving_stack: ServingStack,
     mlflow_registry: MlflowResource,
 ) -> dg.MaterializeResult:
-    """Where a fallback route (``auto``) sends traffic: partner-first, or pinned to the
+    """Where a fallback route (`auto`) sends traffic: partner-first, or pinned to the
     sovereign model after a partner outage. One materialization per failover or restore,
     with the partner states and the sensor's evidence it was decided on."""
     expected = JOB_ACTIONS.get(context.job_name)

@@ -1,15 +1,15 @@
-"""``partner_health_sensor``: fail a fallback route over to the sovereign model, and back.
+"""`partner_health_sensor`: fail a fallback route over to the sovereign model, and back.
 
-Every ``MLOPS_PARTNER_SENSOR_INTERVAL_S`` seconds (default 30) it reads the gateway of the
-local stack (``stack.json`` under ``$MLOPS_HOME/serving``, the admin token as the stack
-keeps it) at ``GET /admin/partners`` and applies ``policy.decide``: a route whose partner is
-degraded or down starts ``failover_to_sovereign``; a route the failover pinned, whose
+Every `MLOPS_PARTNER_SENSOR_INTERVAL_S` seconds (default 30) it reads the gateway of the
+local stack (`stack.json` under `$MLOPS_HOME/serving`, the admin token as the stack
+keeps it) at `GET /admin/partners` and applies `policy.decide`: a route whose partner is
+degraded or down starts `failover_to_sovereign`; a route the failover pinned, whose
 partners have all been healthy for one interval on top of the gateway's hysteresis, starts
-``restore_partners``. The evidence (partner states, reasons, stats) goes into the run config,
+`restore_partners`. The evidence (partner states, reasons, stats) goes into the run config,
 the run key names the event, so each outage and each recovery starts exactly one run.
 
 The sensor itself changes nothing: the runs do, so every change is a materialization of
-``routing_state`` in the UI. No stack, no partners, nothing to do: the tick is skipped with
+`routing_state` in the UI. No stack, no partners, nothing to do: the tick is skipped with
 the reason.
 """
 

@@ -1,18 +1,22 @@
-"""Assets of the registry domain: ``evaluation`` -> ``registered_model`` -> ``champion``.
+"""Assets of the registry domain: `evaluation` -> `registered_model` -> `champion`.
 
-* ``evaluation`` scores the newest ``trained_model`` (path and data version from that
+* `evaluation` scores the newest `trained_model` (path and data version from that
   asset's latest materialization metadata) and the current champion on the same held-out
-  examples, applies the gate, and writes the report under ``$MLOPS_HOME/evaluation/<run>``.
-* ``registered_model`` registers the evaluated artifact as a version of ``sovereign-lm``
-  with lineage and gate tags, logs the metrics to MLflow, and points ``challenger`` at it
-  when it passed. The blocking ``gate`` check (checks.py) stops ``champion`` otherwise.
-* ``champion`` promotes the challenger (or, with an explicit forced-promotion config, a
-  named version) under the registry lock.
+  examples, applies the gate, and writes the report under `$MLOPS_HOME/evaluation/<run>`.
+* `registered_model` registers the evaluated artifact as a version of `sovereign-lm`
+  with lineage and gate tags, logs the metrics to MLflow, and points `challenger` at it
+  when it passed. The blocking `gate` check (checks.py) stops `champion` otherwise.
+* `champion` promotes the challenger (or, with an explicit forced-promotion config, a
+  named version) under the registry lock. The main job moves the alias at the end of its
+  canary rollout instead, and `rollback` moves it back: both record that move as a
+  materialization of `champion` (`report_champion`), so its latest materialization always
+  names the version MLflow's alias points at.
 
 All three are safe to re-run: evaluation is deterministic, registration finds an already
 registered artifact by its digest, and promoting the current champion is a no-op.
 """
 
+import contextlib
 from pathlib import Path
 from typing import Literal
 
@@ -20,9 +24,11 @@ import dagster as dg
 
 from evaluation.gate import GateConfig
 from orchestration.resources import MlopsHome
+from orchestration.tracing import traced_step
 from registry import (
     CHALLENGER,
     CHAMPION,
+    AliasChange,
     ForcedPromotion,
     RegistryError,
     download_model_dir,
@@ -36,6 +42,7 @@ from registry.promotion import alias_history
 from .resources import MlflowResource
 
 TRAINED_MODEL = dg.AssetKey("trained_model")
+CHAMPION_KEY = dg.AssetKey("champion")
 EVAL_SUITES = dg.AssetKey("eval_suites")
 
 
@@ -45,7 +52,7 @@ OWNERS = ["team:ml-platform"]
 def latest_metadata(
     context: dg.AssetExecutionContext, key: dg.AssetKey, required: bool = True
 ) -> tuple[dict, str]:
-    """(metadata values, run id) of the latest materialization of ``key``."""
+    """(metadata values, run id) of the latest materialization of `key`."""
     event = context.instance.get_latest_materialization_event(key)
     if event is None or event.asset_materialization is None:
         if not required:
@@ -119,6 +126,9 @@ def evaluation(
         raise dg.Failure("trained_model materialization lacks the model_path metadata")
     from evaluation.report import evaluate  # torch loads only when a model is scored
     from evaluation.suites import load_suites
+    from observability.hf import disable_progress_bars
+
+    disable_progress_bars()  # tqdm frames of loading weights would clutter the run's log
 
     workdir = mlops.path("evaluation", context.run_id)
     try:
@@ -194,10 +204,11 @@ def evaluation_metadata(report) -> dict:
 
 
 @dg.asset(group_name="registry", deps=[evaluation], kinds={"mlflow"}, owners=OWNERS)
+@traced_step
 def registered_model(
     context: dg.AssetExecutionContext, mlflow_registry: MlflowResource
 ) -> dg.MaterializeResult:
-    """The evaluated model as a version of ``sovereign-lm``; ``challenger`` if it passed."""
+    """The evaluated model as a version of `sovereign-lm`; `challenger` if it passed."""
     from evaluation.report import EvaluationReport
 
     evaluated, _ = latest_metadata(context, evaluation.key)
@@ -246,9 +257,36 @@ def history_table(client) -> dg.MetadataValue:
 
 class PromotionConfig(dg.Config):
     version: str = ""
-    """Version to promote; empty: the current ``challenger``."""
+    """Version to promote; empty: the current `challenger`."""
     force_reason: str = ""
     """Non-empty: promote even if the gate failed, recording this reason on the version."""
+
+
+def champion_metadata(
+    change: AliasChange, kind: str, reason: str, client, mlflow_registry: MlflowResource
+) -> dict:
+    """What every move of the alias records on `champion`, whichever step made it."""
+    meta = {
+        "champion": change.champion or "none",
+        "previous_champion": change.previous_champion or "none",
+        "changed": change.changed,
+        "kind": kind,
+        "reason": reason,
+        "message": change.message,
+        "model_version_url": dg.MetadataValue.url(mlflow_registry.version_url(change.champion)),
+    }
+    # the move itself is done and recorded in MLflow; only this view of it may be missing
+    with contextlib.suppress(RegistryError):
+        meta["alias_history"] = history_table(client)
+    return meta
+
+
+def report_champion(
+    context: dg.OpExecutionContext | dg.AssetExecutionContext, metadata: dict
+) -> None:
+    """Record an alias move made outside the `champion` asset (the rollout's promotion, a
+    rollback) as a materialization of `champion`, so Dagster shows what MLflow serves."""
+    context.log_event(dg.AssetMaterialization(asset_key=CHAMPION_KEY, metadata=metadata))
 
 
 def promote_to_champion(
@@ -263,23 +301,18 @@ def promote_to_champion(
             raise dg.Failure("no challenger to promote: register a model that passes the gate")
         force = ForcedPromotion(config.force_reason) if config.force_reason else None
         change = promote(client, version, f"dagster:{context.run_id}", force=force)
+        reason = config.force_reason or "operator promotion of the gated challenger"
+        meta = champion_metadata(change, "promotion", reason, client, mlflow_registry)
     except (RegistryError, ValueError) as exc:
         raise registry_failure(exc) from exc
     context.log.info(change.message)
-    return {
-        "alias_history": history_table(client),
-        "champion": change.champion,
-        "previous_champion": change.previous_champion or "none",
-        "changed": change.changed,
-        "forced": force is not None,
-        "message": change.message,
-        "model_version_url": dg.MetadataValue.url(mlflow_registry.version_url(change.champion)),
-    }
+    return {**meta, "forced": force is not None}
 
 
 @dg.asset(group_name="registry", deps=[registered_model], kinds={"mlflow"}, owners=OWNERS)
+@traced_step
 def champion(
     context: dg.AssetExecutionContext, config: PromotionConfig, mlflow_registry: MlflowResource
 ) -> dg.MaterializeResult:
-    """The serving model: ``champion`` alias moved to the challenger (gated, idempotent)."""
+    """The serving model: `champion` alias moved to the challenger (gated, idempotent)."""
     return dg.MaterializeResult(metadata=promote_to_champion(context, config, mlflow_registry))

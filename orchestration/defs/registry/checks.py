@@ -1,12 +1,12 @@
-"""The promotion gate as a blocking asset check on ``registered_model``.
+"""The promotion gate as a blocking asset check on `registered_model`.
 
-The check reads the verdict back from the registry (the version's ``gate.*`` tags), not
+The check reads the verdict back from the registry (the version's `gate.*` tags), not
 from the asset's own output, so it verifies what MLflow actually holds. Blocking: when it
-fails with ERROR severity (verdict ``failed``, or ``inconclusive`` under the
-``require_force`` policy), nothing downstream runs and the run fails; its description and
+fails with ERROR severity (verdict `failed`, or `inconclusive` under the
+`require_force` policy), nothing downstream runs and the run fails; its description and
 an ERROR log line name the verdict and the evidence (effect, bounds, n). An inconclusive
-verdict under ``keep_champion`` fails with WARN severity: the version never became
-``challenger``, so the rollout is a no-op and the champion keeps serving.
+verdict under `keep_champion` fails with WARN severity: the version never became
+`challenger`, so the rollout is a no-op and the champion keeps serving.
 """
 
 import dagster as dg

@@ -1,9 +1,10 @@
-"""Operator jobs of the registry domain: ``promote`` and ``rollback``.
+"""Operator jobs of the registry domain: `promote` and `rollback`.
 
-``promote`` materializes ``champion`` alone: the current challenger becomes champion if it
+`promote` materializes `champion` alone: the current challenger becomes champion if it
 passed the gate against the current champion (a no-op when it already is champion).
-``rollback`` moves ``champion`` back to ``previous-champion``; its reason is required and
-recorded on the version that was rolled back; running it twice changes nothing.
+`rollback` moves `champion` back to `previous-champion`; its reason is required and
+recorded on the version that was rolled back; running it twice changes nothing. It records
+the move as a materialization of `champion`, so Dagster names the version MLflow serves.
 """
 
 import dagster as dg
@@ -11,7 +12,7 @@ import dagster as dg
 from registry import RegistryError
 from registry import rollback as rollback_champion
 
-from .assets import champion, history_table, registry_failure
+from .assets import champion, champion_metadata, registry_failure, report_champion
 from .resources import MlflowResource
 
 promote = dg.define_asset_job(
@@ -33,21 +34,11 @@ def rollback_op(
     try:
         client = mlflow_registry.client()
         change = rollback_champion(client, config.reason, f"dagster:{context.run_id}")
-        history = history_table(client)
+        meta = champion_metadata(change, "rollback", config.reason, client, mlflow_registry)
     except (RegistryError, ValueError) as exc:
         raise registry_failure(exc) from exc
     context.log.info(change.message)
-    context.log_event(
-        dg.AssetObservation(
-            asset_key=champion.key,
-            metadata={
-                "champion": change.champion,
-                "changed": change.changed,
-                "reason": config.reason,
-                "alias_history": history,
-            },
-        )
-    )
+    report_champion(context, meta)
 
 
 @dg.job(description="Move champion back to previous-champion; config: reason.")

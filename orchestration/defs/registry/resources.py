@@ -1,9 +1,9 @@
-"""``MlflowResource``: the registry as Dagster sees it.
+"""`MlflowResource`: the registry as Dagster sees it.
 
-Fields left empty follow the environment at run time (``MLFLOW_TRACKING_URI``, else the
-embedded SQLite store under ``$MLOPS_HOME/mlflow``), never at import time. ``ui_url`` is
+Fields left empty follow the environment at run time (`MLFLOW_TRACKING_URI`, else the
+embedded SQLite store under `$MLOPS_HOME/mlflow`), never at import time. `ui_url` is
 only for links in asset metadata; it defaults to the tracking URI when that is HTTP, and
-to the address of the documented ``mlflow server`` command for the embedded store.
+to the address of the documented `mlflow server` command for the embedded store.
 """
 
 from urllib.parse import quote
@@ -19,9 +19,9 @@ _EMBEDDED_UI = "http://127.0.0.1:5000"
 
 class MlflowResource(dg.ConfigurableResource):
     tracking_uri: str | None = None
-    """MLflow tracking URI; empty: ``MLFLOW_TRACKING_URI`` or the embedded SQLite store."""
+    """MLflow tracking URI; empty: `MLFLOW_TRACKING_URI` or the embedded SQLite store."""
     lock_url: str | None = None
-    """Promotion lock: ``postgresql://...`` (advisory lock) or a lock file path; empty: derived."""
+    """Promotion lock: `postgresql://...` (advisory lock) or a lock file path; empty: derived."""
     ui_url: str | None = None
     """Base URL of the MLflow UI for links in metadata."""
     model_name: str = MODEL_NAME

@@ -1,5 +1,5 @@
-"""Dagster definitions of the serving domain: the ``deployment`` canary rollout, the ``deploy``
-job, the ``canary_health_sensor`` and the ``serving_stack`` resource."""
+"""Dagster definitions of the serving domain: the `deployment` canary rollout, the `deploy`
+job, the `canary_health_sensor` and the `serving_stack` resource."""
 
 from __future__ import annotations
 

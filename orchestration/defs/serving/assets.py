@@ -1,6 +1,6 @@
-"""The ``deployment`` asset: canary rollout of the registry's ``challenger``, and the ``deploy`` job.
+"""The `deployment` asset: canary rollout of the registry's `challenger`, and the `deploy` job.
 
-One materialization decides what serves ``sovereign-lm`` and makes the registry agree. The
+One materialization decides what serves `sovereign-lm` and makes the registry agree. The
 decision is serving's (:func:`serving.rollout_plan.plan_rollout`, from the registry's
 aliases); this asset reads the registry, carries the plan out and records it:
 
@@ -10,14 +10,16 @@ aliases); this asset reads the registry, carries the plan out and records it:
   champion is what the gateway serves;
 * the challenger was rolled back before: no-op; it needs a new registration or a forced
   promotion, never a silent second attempt;
-* otherwise ``serving.canary.CanaryController`` shifts traffic step by step, with held-out
+* otherwise `serving.canary.CanaryController` shifts traffic step by step, with held-out
   probes as the quality signal (likelihood of held-out texts on any corpus, exact match on
-  held-out tasks where the corpus has them); each step needs ``min_requests`` canary
+  held-out tasks where the corpus has them); each step needs `min_requests` canary
   requests, topped up with those probes when users are too few. The registry promotion is
-  its last step, so the champion alias moves only after the rollout has passed. A rollback
+  its last step, so the champion alias moves only after the rollout has passed. Each move
+  of the alias here (this case and the first deployment) is also a materialization of
+  `champion`, so Dagster shows the version MLflow serves. A rollback
   is a correct outcome, not a failure: the asset materializes with decision
-  ``rolled_back`` and the reason, and its ``canary_passed`` check (WARN) fails, so it
-  shows without failing the job. Decision ``inconclusive`` (too little evidence) also
+  `rolled_back` and the reason, and its `canary_passed` check (WARN) fails, so it
+  shows without failing the job. Decision `inconclusive` (too little evidence) also
   leaves the champion serving, but tags nothing: the challenger may be rolled out again.
 
 Safe to re-run: each case is re-derived from the registry aliases and the gateway's state;
@@ -32,7 +34,7 @@ import dagster as dg
 import httpx
 
 from evaluation.gate import GateConfig
-from orchestration.defs.registry.assets import history_table
+from orchestration.defs.registry.assets import champion_metadata, history_table, report_champion
 from orchestration.defs.registry.resources import MlflowResource
 from orchestration.jobs import ROLLOUT_TAGS
 from orchestration.resources import MlopsHome
@@ -121,6 +123,7 @@ class _Rollout:
     context: dg.AssetExecutionContext
     serving: ServingStack
     client: RegistryClient
+    registry: MlflowResource
     home: Path
     config: DeploymentConfig
 
@@ -170,7 +173,7 @@ def deployment(
     mlflow_registry: MlflowResource,
     serving_stack: ServingStack,
 ) -> dg.MaterializeResult:
-    """The model serving ``sovereign-lm`` behind the gateway, and how it got there.
+    """The model serving `sovereign-lm` behind the gateway, and how it got there.
 
     Rolls the registry's challenger out as a canary against the champion (or serves it
     directly when there is no champion yet), promoting it only once every step passed.
@@ -193,7 +196,12 @@ def deployment(
         except NothingToServe as exc:
             raise dg.Failure(f"{client.config.model_name}: {exc}") from exc
         run = _Rollout(
-            context=context, serving=serving_stack, client=client, home=home, config=config
+            context=context,
+            serving=serving_stack,
+            client=client,
+            registry=mlflow_registry,
+            home=home,
+            config=config,
         )
         if plan.action is RolloutAction.SERVE_CHAMPION:
             admin = serving_stack.serve(home, fetch_model_dir(client, champion, run.models))
@@ -241,6 +249,9 @@ def _first_deployment(run: _Rollout, *, challenger: str, reason: str):
         evidence={"probes": {"tasks": len(probes.tasks), "exact_match": accuracy}},
     )
     run.context.log.info(change.message)
+    report_champion(
+        run.context, champion_metadata(change, "first-deployment", reason, run.client, run.registry)
+    )
     meta = _metadata("promoted", reason, challenger, change.champion)
     # recorded, not gated: the evaluation gate judged this model, and there is no stable
     # model whose accuracy the served one could be compared with
@@ -267,19 +278,19 @@ def _canary(run: _Rollout, *, challenger: str, champion: str):
     def promote_challenger() -> None:
         steps = controller.current.timeline if controller.current else []
         evidence = {"canary": {"decision": "passed", "steps": [_step_evidence(s) for s in steps]}}
+        reason = f"canary passed {len(steps)} steps against v{champion}"
         try:
             change = promote(
-                client,
-                challenger,
-                actor,
-                kind="canary-promotion",
-                reason=f"canary passed {len(steps)} steps against v{champion}",
-                evidence=evidence,
+                client, challenger, actor, kind="canary-promotion", reason=reason, evidence=evidence
             )
             context.log.info(change.message)
         except Exception as exc:  # the controller rolls back; the asset fails afterwards
             promote_errors.append(exc)
             raise
+        # the alias has moved: Dagster must say so even if the rest of the rollout fails
+        report_champion(
+            context, champion_metadata(change, "canary-promotion", reason, client, run.registry)
+        )
 
     def on_rollback(reason: str) -> None:
         if not promote_errors:  # a registry conflict is no verdict on the model

@@ -1,13 +1,13 @@
-"""``ServingStack``: the local serving stack (supervisor, gateway, engines) as Dagster sees it.
+"""`ServingStack`: the local serving stack (supervisor, gateway, engines) as Dagster sees it.
 
-A thin layer over ``serving.stack``: all state lives under ``$MLOPS_HOME/serving``, passed
-in by the caller from the ``mlops`` resource at run time. The admin token is not a field:
-the gateway process reads ``MLOPS_GATEWAY_ADMIN_TOKEN`` itself, so a token configured here
+A thin layer over `serving.stack`: all state lives under `$MLOPS_HOME/serving`, passed
+in by the caller from the `mlops` resource at run time. The admin token is not a field:
+the gateway process reads `MLOPS_GATEWAY_ADMIN_TOKEN` itself, so a token configured here
 and not there would only fail later, and less clearly.
 
-The health limits (``max_error_rate``, ``breach_min_errors``) live here rather than in the
+The health limits (`max_error_rate`, `breach_min_errors`) live here rather than in the
 deployment's run config because two parties apply them: the rollout's own analysis and the
-``canary_health_sensor``, which has no run config. They must agree.
+`canary_health_sensor`, which has no run config. They must agree.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from serving.supervisor import StackPaths
 
 class ServingStack(dg.ConfigurableResource):
     engine: Literal["embedded", "vllm"] = "embedded"
-    """Engine kind for every model: ``embedded`` (this package's CPU engine) or ``vllm``
-    (vLLM: its CPU build from ``make vllm``, or the ``vllm`` extra on a GPU host)."""
+    """Engine kind for every model: `embedded` (this package's CPU engine) or `vllm`
+    (vLLM: its CPU build from `make vllm`, or the `vllm` extra on a GPU host)."""
     gateway_port: int | None = None
     """Gateway port when the stack first starts; empty: a free port."""
     startup_timeout_s: float | None = None
-    """How long an engine may take to answer ``/health`` after it starts; empty: by engine
+    """How long an engine may take to answer `/health` after it starts; empty: by engine
     kind (180 s embedded, 600 s vLLM, which imports itself twice before loading a model)."""
     admin_timeout_s: float = 5.0
     """Timeout of each gateway admin call (retried a few times on connection errors)."""
@@ -46,7 +46,7 @@ class ServingStack(dg.ConfigurableResource):
         return SupervisedFleet(self.paths(home), self.engine, ROUTE, self.startup_timeout_s)
 
     def gateway(self, home: Path) -> GatewayAdmin | None:
-        """Admin client of the running gateway; ``None`` when the stack is not running."""
+        """Admin client of the running gateway; `None` when the stack is not running."""
         paths = self.paths(home)
         if stack.supervisor_pid(paths) is None:
             return None
@@ -56,9 +56,9 @@ class ServingStack(dg.ConfigurableResource):
         return GatewayAdmin(url, stack.admin_token(home), timeout_s=self.admin_timeout_s)
 
     def serve(self, home: Path, model_dir: Path) -> GatewayAdmin:
-        """Make ``model_dir`` the route's stable backend, starting the stack if it is down.
+        """Make `model_dir` the route's stable backend, starting the stack if it is down.
 
-        A running stack already serving ``model_dir`` is left alone; otherwise ``serving up``
+        A running stack already serving `model_dir` is left alone; otherwise `serving up`
         (idempotent) re-points the route and retires the engines of earlier models. A live
         canary belongs to a rollout in progress: refuse rather than cut it short.
         """

@@ -1,15 +1,15 @@
-"""What the ``deployment`` asset and the canary health sensor share, free of Dagster.
+"""What the `deployment` asset and the canary health sensor share, free of Dagster.
 
 * :func:`load_probes`: the held-out material of the data version the challenger was
   evaluated on (the same split rule and order as evaluation), falling back to the latest
   corpus: held-out texts, scored by likelihood on any corpus, and the held-out tasks among
   them, scored by exact match.
-* :class:`RolloutRecord`: ``$MLOPS_HOME/serving/rollout.json`` names the registry version a
+* :class:`RolloutRecord`: `$MLOPS_HOME/serving/rollout.json` names the registry version a
   live canary serves. The gateway only knows engine names; the sensor reads this file to
   record a rollback on the right version.
-* :func:`record_rollback`: the ``rollback.*`` tags on a version whose canary was rolled back.
-  ``registry.promote`` refuses a version carrying ``rollback.reason`` without an explicit
-  forced promotion, so a failed challenger cannot slip through a later ``promote`` run.
+* :func:`record_rollback`: the `rollback.*` tags on a version whose canary was rolled back.
+  `registry.promote` refuses a version carrying `rollback.reason` without an explicit
+  forced promotion, so a failed challenger cannot slip through a later `promote` run.
 * :func:`timeline_markdown`: the canary's per-step record as a table for asset metadata.
 """
 
@@ -33,9 +33,9 @@ class ProbeDataError(ValueError):
 def load_probes(
     tags: dict[str, str], fallback_corpus: Path, count: int, text_chars: int = 200
 ) -> ProbeSet:
-    """Up to ``count`` held-out texts (cut to ``text_chars`` characters, so they fit the
+    """Up to `count` held-out texts (cut to `text_chars` characters, so they fit the
     model's context) and tasks, from the table and version in the version's tags if
-    readable, otherwise from ``fallback_corpus``."""
+    readable, otherwise from `fallback_corpus`."""
     if count < 1:
         return ProbeSet()
     from evaluation.heldout import HeldoutDataError, load_heldout
@@ -68,7 +68,7 @@ def load_probes(
 @dataclass(frozen=True)
 class RolloutRecord:
     version: str
-    canary: str  # the gateway backend (engine) name serving ``version``
+    canary: str  # the gateway backend (engine) name serving `version`
     run_id: str
     started_at: str
 
@@ -97,7 +97,7 @@ def now() -> str:
 
 
 def record_rollback(client: RegistryClient, version: str, reason: str, actor: str) -> bool:
-    """Tag ``version`` as rolled back; ``False`` when it already was (the first cause stays:
+    """Tag `version` as rolled back; `False` when it already was (the first cause stays:
     later detections of the same failure are echoes of it)."""
     if RollbackTags.from_tags(client.version_tags(version)) is not None:
         return False

@@ -1,14 +1,14 @@
-"""``canary_health_sensor``: roll a failing canary back within one tick, whoever started it.
+"""`canary_health_sensor`: roll a failing canary back within one tick, whoever started it.
 
-The ``deployment`` asset watches its own canary every half second, but only while its run
+The `deployment` asset watches its own canary every half second, but only while its run
 lives. This sensor is the guard that does not depend on that run: a rollout whose run
 crashed or was cancelled, or a canary set by hand through the admin API, is still checked
-every few seconds. Each tick with a canary live on ``sovereign-lm`` applies
-``serving.canary.check_canary_health`` (breaker open, ``/health`` failing, error rate over
+every few seconds. Each tick with a canary live on `sovereign-lm` applies
+`serving.canary.check_canary_health` (breaker open, `/health` failing, error rate over
 the limit since the previous tick, kept in the cursor). A breach rolls back at once
 (weight 0 first, then the canary is unrouted and its engine stopped), tags the version the
-canary served with the reason (found through ``rollout.json``), and records an observation
-on ``deployment``. No stack, or no canary: the tick is skipped.
+canary served with the reason (found through `rollout.json`), and records an observation
+on `deployment`. No stack, or no canary: the tick is skipped.
 
 Rollback and tagging are idempotent, so racing the rollout's own watcher is harmless.
 """
@@ -32,7 +32,7 @@ NAME = "canary_health_sensor"
 
 
 def _baseline(cursor: str | None, canary: str) -> dict[str, BackendStats] | None:
-    """Counters of ``canary`` at the previous tick, if that tick saw the same canary."""
+    """Counters of `canary` at the previous tick, if that tick saw the same canary."""
     try:
         seen = json.loads(cursor) if cursor else {}
     except ValueError:

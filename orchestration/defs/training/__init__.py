@@ -1,4 +1,4 @@
-"""Dagster definitions of the training domain: the ``trained_model`` asset and its launcher."""
+"""Dagster definitions of the training domain: the `trained_model` asset and its launcher."""
 
 from __future__ import annotations
 

@@ -1,25 +1,28 @@
-"""The ``trained_model`` asset: a model trained by torchrun on the pinned train split.
+"""The `trained_model` asset: a model trained by torchrun on the pinned train split.
 
-The asset is a thin launcher: ``training`` (the torchrun program) does the work and
+The asset is a thin launcher: `training` (the torchrun program) does the work and
 reports back through Dagster Pipes (progress lines as logs; model path, data version,
 steps, final loss, throughput and wall time as materialization metadata). The loss curve
 that rank 0 draws is added here, inline as a markdown image plus its path, so the Dagster
 UI shows it without the large image travelling through the Pipes channel. With
-``hosts`` in the ``trainer`` resource it runs one torchrun agent per host
-(``training.multinode``) and reports the group's world sizes and recoveries. The output
-directory is ``$MLOPS_HOME/training/<run_id>/``, so a retry of the same run (the
-``RetryPolicy`` below) resumes from that run's checkpoints instead of starting over,
+`hosts` in the `trainer` resource it runs one torchrun agent per host
+(`training.multinode`) and reports the group's world sizes and recoveries. The output
+directory is `$MLOPS_HOME/training/<run_id>/`, so a retry of the same run (the
+`RetryPolicy` below) resumes from that run's checkpoints instead of starting over,
 while a new run trains a new model. Safe to re-run: nothing outside that directory is
 written, and a finished directory is only re-exported.
 """
 
+import os
 from pathlib import Path
 from typing import Literal
 
 import dagster as dg
 
+from observability.tracing import child_env
 from orchestration.defs.registry.resources import MlflowResource
 from orchestration.resources import MlopsHome
+from orchestration.tracing import traced_step
 from registry.config import RegistryConfig
 from training import loss_curve
 
@@ -39,8 +42,8 @@ class TrainRunConfig(dg.Config):
     """Pinned seed; empty: one derived from the run id (varies across runs, recorded, and the
     same on a retry of this run, so the retry resumes its checkpoints)."""
     init: Literal["auto", "scratch", "champion"] = "auto"
-    """``champion``: warm-start from the champion's weights (fine-tune on the current data);
-    ``scratch``: random init; ``auto``: the champion when there is one whose shapes fit."""
+    """`champion`: warm-start from the champion's weights (fine-tune on the current data);
+    `scratch`: random init; `auto`: the champion when there is one whose shapes fit."""
     checkpoint_every: int = 50
     """Steps between checkpoints (one is always written at the end)."""
     max_restarts: int = 3
@@ -56,6 +59,7 @@ class TrainRunConfig(dg.Config):
     owners=["team:ml-platform"],
     retry_policy=dg.RetryPolicy(max_retries=2, delay=10),
 )
+@traced_step
 def trained_model(
     context: dg.AssetExecutionContext,
     config: TrainRunConfig,
@@ -94,11 +98,15 @@ def trained_model(
     else:
         command = trainer.command(**args)
     context.log.info(f"launching: {' '.join(command)}")
-    # Every trainer log line carries the run id (see observability.logs).
+    # Every trainer log line carries the run id (see observability.logs), and with the
+    # step's span as TRACEPARENT every rank's span joins the run's trace.
+    env = {"DAGSTER_RUN_ID": context.run_id, **child_env()}
+    if config.nproc > 1 and not trainer.omp_num_threads and "OMP_NUM_THREADS" not in os.environ:
+        # torchrun's own choice for several workers per host, made here so that torchrun
+        # does not print a banner about having made it
+        env["OMP_NUM_THREADS"] = "1"
     result = (
-        trainer.client()
-        .run(command=command, context=context, env={"DAGSTER_RUN_ID": context.run_id})
-        .get_materialize_result()
+        trainer.client().run(command=command, context=context, env=env).get_materialize_result()
     )
     extra = loss_curve_metadata(loss_curve.curve_path(output))
     if not extra:
@@ -120,7 +128,7 @@ def trained_model(
 
 
 def loss_curve_metadata(path: Path) -> dict[str, dg.MetadataValue]:
-    """The loss curve PNG at ``path`` as asset metadata; empty when there is no usable PNG."""
+    """The loss curve PNG at `path` as asset metadata; empty when there is no usable PNG."""
     try:
         image = loss_curve.markdown_image(path)
     except (OSError, ValueError):

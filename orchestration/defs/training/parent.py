@@ -1,10 +1,10 @@
 """Where a training run starts from: the champion's weights (warm start) or random init.
 
-``choose_parent`` resolves ``TrainRunConfig.init`` against the registry: ``auto`` warm-starts
+`choose_parent` resolves `TrainRunConfig.init` against the registry: `auto` warm-starts
 from the champion when there is one whose shapes fit this run's model config (and says why
-not otherwise), ``champion`` requires it, ``scratch`` never uses it. The parent is fetched
+not otherwise), `champion` requires it, `scratch` never uses it. The parent is fetched
 (digest-checked) into the run's own directory, so a retry of the run finds the same parent
-even if the champion moved meanwhile. ``run_seed`` gives each run its own seed, derived from
+even if the champion moved meanwhile. `run_seed` gives each run its own seed, derived from
 the run id, so the seed varies across runs but a retry of one run resumes its checkpoints.
 """
 
@@ -33,7 +33,7 @@ def run_seed(run_id: str) -> int:
 
 
 def _fits(parent: Path, config_file: str | None) -> str | None:
-    """Why the parent's architecture differs from this run's model config, or ``None``."""
+    """Why the parent's architecture differs from this run's model config, or `None`."""
     from training.config import load_config  # keeps torch-free imports for the code location
 
     model = load_config(Path(config_file) if config_file else None).model

@@ -1,11 +1,11 @@
 """The resource that launches the training program: torchrun under a Dagster Pipes session.
 
-It builds the torchrun command line (the program's contract, see ``training.cli``) and a
-``PipesSubprocessClient`` whose environment carries what every launch needs:
-``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` so torchrun's automatic restart after a crashed
+It builds the torchrun command line (the program's contract, see `training.cli`) and a
+`PipesSubprocessClient` whose environment carries what every launch needs:
+`TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1` so torchrun's automatic restart after a crashed
 worker works (without it, restarts on CPU mostly fail in gloo's connectFullMesh), offline
 Hugging Face, and the MLflow URI when one is configured. The whole launch is bounded by
-``timeout_s`` (coreutils ``timeout``: SIGTERM, then SIGKILL a minute later).
+`timeout_s` (coreutils `timeout`: SIGTERM, then SIGKILL a minute later).
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ class TrainingHost(dg.Config):
     address: str
     """Address the other hosts reach it at (the first host also holds the c10d rendezvous)."""
     exec_prefix: list[str] = []
-    """How to run a command there, e.g. ``["ssh", "node1"]``; empty: this machine."""
+    """How to run a command there, e.g. `["ssh", "node1"]`; empty: this machine."""
     ifname: str | None = None
-    """Network interface gloo binds to (``GLOO_SOCKET_IFNAME``); empty lets gloo choose."""
+    """Network interface gloo binds to (`GLOO_SOCKET_IFNAME`); empty lets gloo choose."""
 
 
 class TrainingLauncher(dg.ConfigurableResource):
-    """Starts ``torchrun -m training`` as a Pipes subprocess: on this host, or on ``hosts``."""
+    """Starts `torchrun -m training` as a Pipes subprocess: on this host, or on `hosts`."""
 
     torchrun: str | None = None
     """Path of the torchrun executable; empty means the one next to this Python."""
@@ -50,16 +50,16 @@ class TrainingLauncher(dg.ConfigurableResource):
     omp_num_threads: int | None = None
     """Threads per worker; empty lets torchrun choose (1 per worker when several share a host)."""
     hosts: list[TrainingHost] = []
-    """Hosts of a multi-host job, one torchrun agent each; empty: one host, ``--standalone``."""
+    """Hosts of a multi-host job, one torchrun agent each; empty: one host, `--standalone`."""
     min_hosts: int | None = None
-    """Fewest hosts the job trains with (elastic below ``len(hosts)``); empty: all of them."""
+    """Fewest hosts the job trains with (elastic below `len(hosts)`); empty: all of them."""
     rdzv_backend: Literal["c10d", "etcd-v2"] = "c10d"
     rdzv_endpoint: str | None = None
     """HOST:PORT of the rendezvous; empty: the first host, port 29400 (c10d)."""
     collective_timeout_s: float = 60.0
     """How long a collective waits for a silent host before the group re-forms."""
     join_timeout_s: int = 600
-    """How long agents wait for ``min_hosts`` to gather (a job below minimum waits this long)."""
+    """How long agents wait for `min_hosts` to gather (a job below minimum waits this long)."""
 
     def executable(self) -> str:
         return self.torchrun or str(Path(sys.executable).with_name("torchrun"))
@@ -143,7 +143,7 @@ class TrainingLauncher(dg.ConfigurableResource):
         mlflow_uri: str | None = None,
         init_from: str | None = None,
     ) -> list[str]:
-        """Write the job spec into ``output`` and return the command of its launcher."""
+        """Write the job spec into `output` and return the command of its launcher."""
         extra = ["--engine", engine]
         if init_from:  # a path every host reads: shared storage, as the corpus is
             extra += ["--init-from", init_from]

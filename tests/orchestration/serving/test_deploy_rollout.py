@@ -6,6 +6,8 @@ gateway and embedded engines on loopback), in order:
 
 1. no champion yet: the gated challenger is served as the stable backend and promoted;
 2. a good challenger: canary steps pass, it becomes champion, the gateway serves it;
+   after each promotion, `champion`'s latest materialization in Dagster names the version
+   the MLflow alias points at;
 3. a challenger with random weights (let through by a permissive gate): the canary's probes
    fail, it is rolled back, the aliases stay, the reason is tagged on the version, the
    ``canary_passed`` check warns; a re-run does not try it again;
@@ -139,9 +141,20 @@ def deploy(env) -> dg.ExecuteInProcessResult:
 
 
 def outcome(result) -> tuple[dict, dg.AssetCheckEvaluation]:
-    [materialization] = result.asset_materializations_for_node("deployment")
+    [materialization] = [
+        m
+        for m in result.asset_materializations_for_node("deployment")
+        if m.asset_key == dg.AssetKey("deployment")
+    ]
     [check] = result.get_asset_check_evaluations()
     return {k: v.value for k, v in materialization.metadata.items()}, check
+
+
+def champion_shown(env) -> dict:
+    """The metadata of `champion`'s latest materialization, as the Dagster UI shows it."""
+    event = env["instance"].get_latest_materialization_event(dg.AssetKey("champion"))
+    assert event is not None, "champion shows 'Never materialized' in Dagster"
+    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
 
 def served(env) -> tuple[str, str]:
@@ -180,6 +193,9 @@ def test_first_deploy_without_champion_promotes_directly_and_serves(env):
     assert meta["served_version"] == "1" and check.passed
     assert meta["probes"] == 20 and meta["probe_accuracy"] > 0.05
     assert client.aliases() == {CHALLENGER: "1", CHAMPION: "1"}
+    shown = champion_shown(env)  # the alias moved in MLflow: Dagster says so too
+    assert shown["champion"] == "1" and shown["kind"] == "first-deployment"
+    assert "no champion yet" in shown["reason"] and shown["changed"] is True
     model_dir, text = served(env)
     assert Path(model_dir).is_relative_to(env["home"] / "serving" / "models" / "1")
     assert text.strip()
@@ -204,6 +220,10 @@ def test_good_challenger_passes_the_canary_and_is_served(env):
     assert "| champion | - | 1 | first-deployment | dagster:" in history
     assert "| 100% |" in meta["timeline"] and meta["gateway_url"].startswith("http://127.0.0.1:")
     assert client.aliases() == {CHALLENGER: "2", CHAMPION: "2", PREVIOUS: "1"}
+    shown = champion_shown(env)
+    assert shown["champion"] == "2" and shown["previous_champion"] == "1"
+    assert shown["kind"] == "canary-promotion" and shown["reason"].endswith("against v1")
+    assert "| champion | 1 | 2 | canary-promotion | dagster:" in shown["alias_history"]
     model_dir, text = served(env)
     assert Path(model_dir).is_relative_to(env["home"] / "serving" / "models" / "2")
     assert list(stack.status(env["home"])["engines"]) == [engine_name(Path(model_dir))]
@@ -220,6 +240,7 @@ def test_random_challenger_is_rolled_back_with_aliases_unchanged(env):
     assert meta["served_version"] == "2"
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
     assert client.aliases() == {CHALLENGER: "3", CHAMPION: "2", PREVIOUS: "1"}
+    assert champion_shown(env)["champion"] == "2"  # a rolled-back canary moved no alias
     tags = client.version_tags("3")
     assert tags["rollback.reason"] == meta["reason"] and tags["canary.decision"] == "rolled_back"
     model_dir, _ = served(env)
