@@ -50,8 +50,7 @@ from serving.gateway.metrics import GatewayMetrics
 from serving.gateway.partner_proxy import PartnerProxy
 from serving.gateway.proxy import Proxy
 from serving.gateway.routing import RoutingTable, check_name
-from serving.gateway.shared_state import SharedState, SyncPolicy
-from serving.gateway.state_store import open_state_store
+from serving.gateway.shared_state import SharedState, SyncPolicy, open_state_store
 from serving.gateway.upstream import UpstreamPool
 from serving.partners.adapters import adapter_for
 from serving.partners.config import ServingConfig

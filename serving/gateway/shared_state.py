@@ -28,13 +28,20 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from serving.gateway.keys import KeyTable
+from serving.gateway.pg_state import PostgresStateStore
 from serving.gateway.routing import RoutingTable
-from serving.gateway.state_store import Snapshot, StateBackend, StateUnavailable
+from serving.gateway.state_store import (
+    FileStateStore,
+    Snapshot,
+    StateBackend,
+    StateUnavailable,
+)
 from serving.partners.router import PartnerTable
 
 log = logging.getLogger(__name__)
@@ -253,3 +260,21 @@ class _StateCollector(Collector):
             ),
         ):
             yield GaugeMetricFamily(name, doc, value=value)
+
+
+def open_state_store(
+    state_url: str | None,
+    state_path: Path,
+    table: str = "gateway_state",
+    schema: str = "public",
+) -> StateBackend:
+    """The PostgreSQL store for a ``postgresql://`` URL, else the file at ``state_path``."""
+    if not state_url:
+        return FileStateStore(state_path)
+    if not state_url.startswith(("postgresql://", "postgres://")):
+        raise ValueError(
+            f"gateway state URL must start with postgresql://, got {state_url.split(':')[0]!r}:"
+            " set MLOPS_GATEWAY_STATE_URL (or --state-url) to a PostgreSQL URL, or unset it"
+            " for the state file"
+        )
+    return PostgresStateStore(state_url, table=table, schema=schema)

@@ -186,23 +186,3 @@ class _Flock:
 
     def __exit__(self, *exc) -> None:
         os.close(self.fd)  # closing drops the lock
-
-
-def open_state_store(
-    state_url: str | None,
-    state_path: Path,
-    table: str = "gateway_state",
-    schema: str = "public",
-) -> StateBackend:
-    """The PostgreSQL store for a ``postgresql://`` URL, else the file at ``state_path``."""
-    if not state_url:
-        return FileStateStore(state_path)
-    if not state_url.startswith(("postgresql://", "postgres://")):
-        raise ValueError(
-            f"gateway state URL must start with postgresql://, got {state_url.split(':')[0]!r}:"
-            " set MLOPS_GATEWAY_STATE_URL (or --state-url) to a PostgreSQL URL, or unset it"
-            " for the state file"
-        )
-    from serving.gateway.pg_state import PostgresStateStore
-
-    return PostgresStateStore(state_url, table=table, schema=schema)

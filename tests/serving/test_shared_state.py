@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import threading
 
+from serving.breaker import BreakerState
 from serving.gateway.client import fleet_partner_state
 from serving.gateway.keys import KeyTable
-from serving.gateway.routing import BreakerState, RoutingTable
+from serving.gateway.routing import RoutingTable
 from serving.gateway.shared_state import SharedState
 from serving.gateway.state_store import FileStateStore
 from serving.partners.router import PartnerTable
