@@ -20,8 +20,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from prometheus_client import (
@@ -35,6 +34,7 @@ from prometheus_client import (
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from observability.asgi import RequestLogMiddleware
+from serving.disconnect import ClientGone, unless_gone
 from serving.engine import api, echo
 from serving.engine.chat_template import render_chat
 from serving.engine.protocol import ChoiceDelta, Engine, SamplingParams, Usage
@@ -46,33 +46,6 @@ from serving.errors import (
     install_error_handlers,
     status_error_response,
 )
-
-T = TypeVar("T")
-
-
-class _ClientGone(Exception):
-    """The client disconnected while its request waited."""
-
-
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def unless_gone(request: Request, work: Awaitable[T]) -> T:
-    """``work``'s result, or :class:`_ClientGone` (``work`` cancelled) if the client leaves
-    first, so a queued request of a client that gave up does not take a batch slot."""
-    task = asyncio.ensure_future(work)
-    gone = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-        if not task.done():
-            task.cancel()
-    if task.cancelled():
-        raise _ClientGone
-    return task.result()
 
 
 class InFlightLimit:
@@ -167,8 +140,8 @@ def create_app(
     app.add_middleware(RequestLogMiddleware, logger="serving.engine.access")
     app.add_middleware(InFlightLimit, limit=max_in_flight)
 
-    @app.exception_handler(_ClientGone)
-    async def _gone(_: Request, __: _ClientGone) -> Response:
+    @app.exception_handler(ClientGone)
+    async def _gone(_: Request, __: ClientGone) -> Response:
         return Response(status_code=499)  # nobody reads it; closes the exchange
 
     @app.get("/health")
@@ -245,7 +218,9 @@ def create_app(
             )
             return JSONResponse(scored.model_dump())
         params = body.sampling(default_max_tokens)
-        started, first, stream = await unless_gone(request, start(body.single_prompt(), params))
+        started, first, stream = await unless_gone(
+            request.receive, start(body.single_prompt(), params)
+        )
         if body.stream:
 
             def chunk(delta: ChoiceDelta) -> dict:
@@ -264,7 +239,7 @@ def create_app(
                 }
 
             return sse(first, stream, chunk, rid, now, body, started, "text_completion")
-        texts, reasons, usage = await unless_gone(request, collect(first, stream))
+        texts, reasons, usage = await unless_gone(request.receive, collect(first, stream))
         account(started, usage, list(reasons.values()))
         choices = [
             api.CompletionChoice(
@@ -287,7 +262,7 @@ def create_app(
         # templating a long conversation is CPU work: off the loop that answers /health
         tokenizer = getattr(engine, "tokenizer", None)
         prompt = await asyncio.to_thread(render_chat, messages, tokenizer)
-        started, first, stream = await unless_gone(request, start(prompt, params))
+        started, first, stream = await unless_gone(request.receive, start(prompt, params))
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
             greeted: set[int] = set()
@@ -311,7 +286,7 @@ def create_app(
                 }
 
             return sse(first, stream, chunk, rid, now, body, started, "chat.completion.chunk")
-        texts, reasons, usage = await unless_gone(request, collect(first, stream))
+        texts, reasons, usage = await unless_gone(request.receive, collect(first, stream))
         account(started, usage, list(reasons.values()))
         choices = [
             api.ChatChoice(

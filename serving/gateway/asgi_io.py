@@ -8,7 +8,6 @@ dispatcher and the local proxy alike.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass
 
@@ -17,10 +16,6 @@ from serving.errors import InvalidRequest, ServingError, error_body
 
 JSON = b"application/json"
 RID = REQUEST_ID_HEADER.encode("latin-1")
-
-
-class ClientGone(Exception):
-    """The client disconnected before its answer could start."""
 
 
 @dataclass(slots=True)
@@ -47,27 +42,6 @@ def parse_request(body: bytes) -> dict:
     if not isinstance(payload.get("model"), str):
         raise InvalidRequest("`model` is required and must be a string", "model")
     return payload
-
-
-async def unless_gone(receive, work):
-    """``work``'s result; cancelled (and :class:`ClientGone`) if the client leaves first, so
-    the upstream connection closes and the engine drops the request from its queue."""
-    task = asyncio.ensure_future(work)
-    gone = asyncio.ensure_future(disconnected(receive))
-    try:
-        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-        if not task.done():
-            task.cancel()
-    if task.cancelled():
-        raise ClientGone
-    return task.result()
-
-
-async def disconnected(receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
 
 
 def media(content_type: bytes | None) -> str | None:

@@ -34,6 +34,7 @@ from starlette.responses import Response, StreamingResponse
 
 from observability.logs import REQUEST_ID_HEADER
 from observability.tracing_http import http
+from serving.disconnect import disconnected
 from serving.errors import Overloaded, Unavailable
 from serving.gateway import asgi_io
 from serving.gateway.metrics import GatewayMetrics
@@ -193,7 +194,7 @@ class LocalProxy:
     ) -> None:
         """Relay the stream while watching for the client leaving, which ends the relay."""
         relay = asyncio.ensure_future(self._send_stream(send, route, backend, upstream, started))
-        gone = asyncio.ensure_future(asgi_io.disconnected(receive))
+        gone = asyncio.ensure_future(disconnected(receive))
         try:
             await asyncio.wait((relay, gone), return_when=asyncio.FIRST_COMPLETED)
         finally:

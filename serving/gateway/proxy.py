@@ -27,6 +27,7 @@ import logging
 from starlette.responses import Response
 
 from observability.logs import REQUEST_ID_HEADER, request_id_from, request_id_var
+from serving.disconnect import ClientGone, unless_gone
 from serving.errors import (
     InvalidRequest,
     NotFound,
@@ -70,7 +71,7 @@ class Proxy:
             return
         try:
             await self.forward(scope, receive, send)
-        except asgi_io.ClientGone:
+        except ClientGone:
             return
         except ServingError as exc:
             extra = (
@@ -105,9 +106,7 @@ class Proxy:
             await response(scope, receive, send)
             return
         call = asgi_io.Call(body, payload, scope["path"], stream, rid)
-        outcome = await asgi_io.unless_gone(
-            receive, self.local.attempt_local(name, route, call, None)
-        )
+        outcome = await unless_gone(receive, self.local.attempt_local(name, route, call, None))
         if key is not None:
             self._charge_local(key, payload, outcome)
         await self.local.send_outcome(receive, send, name, outcome)
@@ -201,7 +200,7 @@ class Proxy:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise asgi_io.ClientGone
+                raise ClientGone
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
