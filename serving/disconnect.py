@@ -33,10 +33,13 @@ async def unless_gone(receive: Receive, work: Awaitable[T]) -> T:
     gone = asyncio.ensure_future(disconnected(receive))
     try:
         await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
     finally:
         gone.cancel()
         if not task.done():
             task.cancel()
-    if task.cancelled():
-        raise ClientGone
-    return task.result()
+    # A cancelled task is done only once it has unwound: wait for that, so the work's own
+    # clean-up (a queue place given back, an upstream connection closed) has run.
+    await asyncio.gather(task, return_exceptions=True)
+    raise ClientGone
