@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"serving config {config_path}: {exc.message}")
     except ValueError as exc:  # a bad state URL, table or schema name
         parser.error(str(exc))
+    app = trace_asgi(app, "serving.gateway")  # server spans, in a worker as in one process
     if sockets is not None:
         server = uvicorn.Server(
             uvicorn.Config(
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         server.run(sockets=sockets)
         return
     uvicorn.run(
-        trace_asgi(app, "serving.gateway"),
+        app,
         host=args.host,
         port=args.port,
         log_level="warning",

@@ -96,8 +96,11 @@ def test_one_request_is_one_trace_across_gateway_and_engine(
         )
 
         def complete(spans: list[dict]) -> bool:
+            # each process exports on its own schedule: wait for both requests' spans from
+            # the engine (generations) and from the gateway (a client span per hop)
             engine_spans = [s for s in spans if s["service"] == "engine"]
-            return sum(s["name"] == "generation" for s in engine_spans) >= 2
+            hops = [s for s in spans if s["service"] == "gateway" and s["kind"] == CLIENT]
+            return sum(s["name"] == "generation" for s in engine_spans) >= 2 and len(hops) >= 2
 
         spans = otlp_receiver.wait_for(complete)
     finally:
@@ -143,6 +146,44 @@ def test_one_request_is_one_trace_across_gateway_and_engine(
     ours = {chat[0]["trace_id"], CALLER_TRACE}
     logged = {r["trace_id"]: r["span_id"] for r in access if r.get("trace_id") in ours}
     assert logged == {trace_id: engine_span[trace_id] for trace_id in ours}, access
+
+
+def test_gateway_workers_continue_the_callers_trace(
+    registered_model, logs, otlp_receiver, tmp_path
+):
+    model_dir, _ = registered_model
+    home = tmp_path / "home"
+    env = logs.child_env(
+        MLOPS_HOME=str(home),
+        MLOPS_GATEWAY_ADMIN_TOKEN="trace-test-token",
+        PYTHONPATH=str(logs.repo),
+        **otlp_receiver.env(),
+    )
+    port = str(_free_port())
+    up = _serving(home, env, "up", "--model", str(model_dir), "--gateway-port", port,
+                  "--gateway-workers", "2")  # fmt: skip
+    try:
+        assert up.returncode == 0, up.stderr[-3000:]
+        gateway = json.loads(up.stdout)["gateway"]["url"]
+        client = openai.OpenAI(base_url=f"{gateway}/v1", api_key="unused", max_retries=0)
+        caller = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
+        client.completions.create(
+            model="sovereign-lm", prompt="Q: 1 2 A:", max_tokens=2,
+            extra_headers={"traceparent": caller},
+        )  # fmt: skip
+
+        def joined(spans: list[dict]) -> bool:
+            ours = [s for s in spans if s["trace_id"] == CALLER_TRACE]
+            return {s["service"] for s in ours} == {"gateway", "engine"}
+
+        spans = otlp_receiver.wait_for(joined)
+    finally:
+        down = _serving(home, env, "down", timeout_s=60)
+        assert down.returncode == 0, down.stderr
+    ours = [s for s in spans if s["trace_id"] == CALLER_TRACE]
+    server = [s for s in ours if s["service"] == "gateway" and s["kind"] == SERVER]
+    assert len(server) == 1 and server[0]["parent_span_id"] == CALLER_SPAN, ours
+    assert server[0]["name"] == "POST /v1/completions"
 
 
 def test_trainer_ranks_join_the_trace_handed_down(
