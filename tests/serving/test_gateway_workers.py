@@ -5,7 +5,7 @@ other keeps serving on the port. ``python -m serving up --gateway-workers 2`` st
 gateway in front of the engine.
 
 Real processes: the gateway with its worker parent, a fake OpenAI upstream
-(``python -m serving.partners.fake --kind openai``), and the supervised stack.
+(``python -m testing.partners.fake --kind openai``), and the supervised stack.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def test_two_workers_share_the_port_and_converge(spawn, helpers, tmp_path):
     upstream = helpers.Proc(
         [
             "-m",
-            "serving.partners.fake",
+            "testing.partners.fake",
             "--kind",
             "openai",
             "--name",
