@@ -28,7 +28,7 @@ import httpx
 
 from observability.retry import linear, retry_call
 from serving.engine.launcher import STARTUP_TIMEOUT_S, EngineKind, EngineSpec, engine_command
-from serving.gateway.client import GatewayAdmin
+from serving.gateway.client import AdminError, GatewayAdmin
 from serving.supervisor import StackPaths
 
 ROUTE = "sovereign-lm"
@@ -274,7 +274,37 @@ def up(
         admin.remove_backend(stale)
     with paths.edit_desired() as desired:  # engines of earlier runs are no longer routed to
         desired["engines"] = {name: desired["engines"][name]}
+    _wait_routed_everywhere(admin, token, gateway_workers, name)
     return paths.read_stack()
+
+
+def _wait_routed_everywhere(
+    admin: GatewayAdmin, token: str, workers: int, backend: str, timeout_s: float = 30.0
+) -> None:
+    """Returns once every gateway worker routes ``ROUTE`` to ``backend``: the route was
+    written through one worker, and the others learn it from the shared state a moment
+    later, so a request sent right after ``up`` could otherwise reach one that has not."""
+    deadline = time.monotonic() + timeout_s
+    behind: list[str] = []
+    while time.monotonic() < deadline:
+        try:
+            urls = [r["url"] for r in admin.replicas()] or [admin.url]
+            behind = [
+                url
+                for url in urls
+                if (GatewayAdmin(url, token).state()["routes"].get(ROUTE) or {}).get("stable")
+                != backend
+            ]
+        except (AdminError, httpx.HTTPError) as exc:
+            behind = [str(exc)]
+        else:
+            if len(urls) >= workers and not behind:
+                return
+        time.sleep(0.1)
+    raise StackError(
+        f"gateway workers did not all route {ROUTE!r} to {backend} within {timeout_s:.0f} s"
+        f" ({behind or 'too few workers registered'}); see {admin.url}/admin/replicas"
+    )
 
 
 def status(mlops_home: Path) -> dict:
